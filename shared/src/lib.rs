@@ -1,0 +1,30 @@
+//! The chat wire protocol, shared by the browser app and the server so the two
+//! cannot drift apart.
+//!
+//! Every frame is a JSON text frame. Clients send [`ClientFrame`]s, routed by
+//! their `action` field (API Gateway's `$request.body.action`); the server
+//! answers with [`ServerFrame`]s, tagged by their `type` field. The limits that
+//! both sides enforce live in [`limits`], and the validated values in
+//! [`Room`] and [`Name`].
+
+mod client;
+mod server;
+mod validate;
+
+pub use client::ClientFrame;
+pub use server::{ChatMessage, ErrorCode, HistoryEntry, PresenceEvent, ServerFrame};
+pub use validate::{Name, ProtocolError, Room, check_message_data};
+
+/// The protocol's limits, in one place so the UI can show them as well.
+pub mod limits {
+    /// Longest room id, in bytes (rooms are ASCII).
+    pub const ROOM_MAX_LEN: usize = 64;
+    /// Longest display name, in characters after trimming.
+    pub const NAME_MAX_CHARS: usize = 32;
+    /// Largest message body, in bytes of UTF-8.
+    pub const DATA_MAX_BYTES: usize = 4096;
+    /// Largest frame the server may send: API Gateway's limit for one message.
+    pub const SERVER_FRAME_MAX_BYTES: usize = 128 * 1024;
+    /// How many past messages a joiner receives at most.
+    pub const HISTORY_LEN: usize = 50;
+}

@@ -1,0 +1,209 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A frame from the server, tagged by its `type` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// To the joiner only: who is here and what was said lately.
+    Joined {
+        room: String,
+        name: String,
+        /// Names of the members, the joiner included; cut short only when the
+        /// frame would outgrow its size limit, in which case `count` still
+        /// tells how many there are.
+        members: Vec<String>,
+        count: usize,
+        /// The latest messages, oldest first.
+        history: Vec<HistoryEntry>,
+    },
+    /// To every member of the room, the sender included.
+    Message(ChatMessage),
+    /// To the other members when someone arrives or goes.
+    Presence {
+        event: PresenceEvent,
+        room: String,
+        name: String,
+        /// Members after the event.
+        count: usize,
+    },
+    /// To the leaver.
+    Left { room: String },
+    /// To the sender of anything the server cannot act on.
+    Error { code: ErrorCode, message: String },
+    Pong,
+}
+
+/// A message as posted to a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Unique; sorts in the order the server stored the messages.
+    pub id: String,
+    pub room: String,
+    pub name: String,
+    pub data: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// One past message in a `joined` frame, shaped exactly like a `message` frame
+/// (`type` included) so a client can render both with the same code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HistoryEntry {
+    Message(ChatMessage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+/// What went wrong, as a stable, machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, missing or mistyped fields, binary frames,
+    /// invalid UTF-8 or lone surrogates.
+    BadRequest,
+    UnknownAction,
+    /// `sendmessage` or `leave` from a connection that has joined no room.
+    NotInRoom,
+    InvalidRoom,
+    InvalidName,
+    /// A message body or a frame over its size limit.
+    TooLarge,
+    /// The server failed; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownAction => "unknown_action",
+            Self::NotInRoom => "not_in_room",
+            Self::InvalidRoom => "invalid_room",
+            Self::InvalidName => "invalid_name",
+            Self::TooLarge => "too_large",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The frame as JSON text; serialized once and shared by every recipient.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+impl From<crate::ProtocolError> for ServerFrame {
+    fn from(error: crate::ProtocolError) -> Self {
+        Self::error(error.code, error.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message() -> ChatMessage {
+        ChatMessage {
+            id: "0001-a".into(),
+            room: "r".into(),
+            name: "Ada".into(),
+            data: "<script>".into(),
+            ts: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn frames_have_the_documented_shape() {
+        let as_json = |frame: &ServerFrame| serde_json::to_value(frame).unwrap();
+        assert_eq!(
+            as_json(&ServerFrame::Message(message())),
+            json!({"type":"message","id":"0001-a","room":"r","name":"Ada","data":"<script>","ts":1_700_000_000_000u64})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Joined {
+                room: "r".into(),
+                name: "Ada".into(),
+                members: vec!["Ada".into()],
+                count: 1,
+                history: vec![HistoryEntry::Message(message())],
+            }),
+            json!({"type":"joined","room":"r","name":"Ada","members":["Ada"],"count":1,
+                   "history":[{"type":"message","id":"0001-a","room":"r","name":"Ada","data":"<script>","ts":1_700_000_000_000u64}]})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Presence {
+                event: PresenceEvent::Leave,
+                room: "r".into(),
+                name: "Ada".into(),
+                count: 0
+            }),
+            json!({"type":"presence","event":"leave","room":"r","name":"Ada","count":0})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Left { room: "r".into() }),
+            json!({"type":"left","room":"r"})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::error(ErrorCode::NotInRoom, "join first")),
+            json!({"type":"error","code":"not_in_room","message":"join first"})
+        );
+        assert_eq!(as_json(&ServerFrame::Pong), json!({"type":"pong"}));
+    }
+
+    #[test]
+    fn error_codes_display_as_on_the_wire() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownAction,
+            ErrorCode::NotInRoom,
+            ErrorCode::InvalidRoom,
+            ErrorCode::InvalidName,
+            ErrorCode::TooLarge,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::String(code.to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn parses_its_own_frames() {
+        let frame = ServerFrame::Joined {
+            room: "r".into(),
+            name: "Ada".into(),
+            members: vec!["Ada".into(), "Bo".into()],
+            count: 2,
+            history: vec![HistoryEntry::Message(message())],
+        };
+        assert_eq!(ServerFrame::parse(&frame.to_json()).unwrap(), frame);
+    }
+}
