@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(code_of("{}"), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"action":7}"#), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"action":"dance"}"#), ErrorCode::UnknownAction);
-        assert_eq!(code_of(r#"{"action":"join","name":"a"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"{"action":"join","name":"a"}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             code_of(r#"{"action":"join","room":1,"name":"a"}"#),
             ErrorCode::BadRequest
@@ -169,7 +172,10 @@ mod tests {
             code_of(r#"{"action":"join","room":"a","name":"  "}"#),
             ErrorCode::InvalidName
         );
-        assert_eq!(code_of(r#"{"action":"sendmessage"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"{"action":"sendmessage"}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             code_of(r#"{"action":"sendmessage","data":""}"#),
             ErrorCode::BadRequest
@@ -178,7 +184,10 @@ mod tests {
             code_of(r#"{"action":"sendmessage","data":null}"#),
             ErrorCode::BadRequest
         );
-        let big = format!(r#"{{"action":"sendmessage","data":"{}"}}"#, "x".repeat(4097));
+        let big = format!(
+            r#"{{"action":"sendmessage","data":"{}"}}"#,
+            "x".repeat(4097)
+        );
         assert_eq!(code_of(&big), ErrorCode::TooLarge);
     }
 

@@ -29,9 +29,14 @@ pub enum ServerFrame {
         count: usize,
     },
     /// To the leaver.
-    Left { room: String },
+    Left {
+        room: String,
+    },
     /// To the sender of anything the server cannot act on.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     Pong,
 }
 

@@ -148,7 +148,14 @@ mod tests {
         // 32 four-byte characters are 128 bytes but still 32 characters.
         let emoji = "😀".repeat(32);
         assert_eq!(Name::parse(&emoji).unwrap().as_str(), emoji);
-        for bad in ["", "   ", "a\u{0}b", "tab\tname", "bell\u{7}", &"n".repeat(33)] {
+        for bad in [
+            "",
+            "   ",
+            "a\u{0}b",
+            "tab\tname",
+            "bell\u{7}",
+            &"n".repeat(33),
+        ] {
             assert_eq!(Name::parse(bad).unwrap_err().code, ErrorCode::InvalidName);
         }
     }

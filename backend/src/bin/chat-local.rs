@@ -1,0 +1,174 @@
+//! chat-local: the whole chat on one machine, no AWS account needed.
+//!
+//! It plays API Gateway (WebSocket endpoint at `/ws`, Management API at
+//! `/@connections/{id}`), runs the very same handlers the Lambda functions
+//! run, keeps its data in an embedded DynamoDB-compatible engine, and serves
+//! the built front end.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use backend::chat::{Chat, ChatConfig};
+use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
+use backend::local::gateway::{Gateway, GatewayConfig};
+use backend::local::management;
+use backend::pusher::local::LocalPusher;
+use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use clap::Parser;
+use tower_http::services::{ServeDir, ServeFile};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Chat rooms on one machine: API Gateway, the handlers and DynamoDB in one process"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CHAT_ADDR")]
+    addr: SocketAddr,
+    /// Where the embedded store keeps its data (message history survives restarts).
+    #[arg(long, default_value = ".chat-data", env = "CHAT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The built front end (`trunk build --release`).
+    #[arg(long, default_value = "dist", env = "CHAT_DIST")]
+    dist: PathBuf,
+    /// Use this DynamoDB instead of the embedded one (DynamoDB Local, or the
+    /// real service with credentials from the usual AWS sources).
+    #[arg(long, env = "DYNAMO_ENDPOINT")]
+    dynamodb_endpoint: Option<String>,
+    #[arg(long, default_value = "chat-connections")]
+    connections_table: String,
+    #[arg(long, default_value = "chat-messages")]
+    messages_table: String,
+    /// How often idle sockets are pinged.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// How long a socket may stay silent before it counts as dead.
+    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Longest a connection may last (API Gateway's limit is 2 hours).
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    max_connection_duration: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,dynoxide=warn")),
+        )
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    let args = Args::parse();
+
+    // The store: the embedded engine unless told otherwise.
+    let (client, embedded) = match &args.dynamodb_endpoint {
+        Some(endpoint) => (external_client(endpoint).await, None),
+        None => {
+            let embedded = EmbeddedDynamo::start(&args.data_dir).await?;
+            (local_client(&embedded.endpoint), Some(embedded))
+        }
+    };
+    let store = DynamoStore::new(
+        client,
+        StoreConfig {
+            connections_table: args.connections_table,
+            messages_table: args.messages_table,
+            ..StoreConfig::default()
+        },
+    );
+    store
+        .ensure_tables()
+        .await
+        .context("cannot create the tables")?;
+    store
+        .reset_connections()
+        .await
+        .context("cannot clear the connections of a previous run")?;
+
+    // The handlers, pushing straight into the sockets this process holds.
+    let sockets = LocalPusher::default();
+    let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
+    let gateway = Arc::new(Gateway::new(
+        chat,
+        sockets,
+        GatewayConfig {
+            ping_interval: args.ping_interval,
+            idle_timeout: args.idle_timeout,
+            max_connection_duration: args.max_connection_duration,
+            ..GatewayConfig::default()
+        },
+    ));
+
+    // The routes: API Gateway's two faces, a health check and the web app.
+    if !args.dist.join("index.html").is_file() {
+        tracing::warn!(dist = %args.dist.display(), "no built front end here; run `trunk build --release`");
+    }
+    let web_app = ServeDir::new(&args.dist).fallback(ServeFile::new(args.dist.join("index.html")));
+    let app = Router::new()
+        .route("/ws", get(Gateway::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/@connections/{id}",
+            get(management::get_connection)
+                .post(management::post_to_connection)
+                .delete(management::delete_connection),
+        )
+        .route(
+            "/{stage}/@connections/{id}",
+            get(management::get_staged_connection)
+                .post(management::post_to_staged_connection)
+                .delete(management::delete_staged_connection),
+        )
+        .fallback_service(web_app)
+        .with_state(Arc::clone(&gateway));
+
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    tracing::info!("chat-local ready on http://{}", listener.local_addr()?);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+
+    tracing::info!("shutting down");
+    gateway.shut_down(Duration::from_secs(5)).await;
+    drop(gateway);
+    if let Some(embedded) = embedded {
+        embedded.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a service manager.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

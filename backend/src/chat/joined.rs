@@ -1,0 +1,133 @@
+//! The `joined` frame, kept under API Gateway's 128 KB frame limit.
+
+use shared::limits::SERVER_FRAME_MAX_BYTES;
+use shared::{ChatMessage, HistoryEntry, ServerFrame};
+
+use crate::pusher::Frame;
+
+/// Builds the `joined` frame with as much as fits: the oldest history goes
+/// first, and only if no history at all would fit is the member list cut
+/// (`count` still tells the true number). `members[0]` is the joiner and is
+/// always kept.
+pub fn joined_frame(
+    room: &str,
+    name: &str,
+    members: Vec<String>,
+    history: Vec<ChatMessage>,
+) -> Frame {
+    let count = members.len();
+    let build = |members: &[String], history: &[ChatMessage]| {
+        Frame::from(&ServerFrame::Joined {
+            room: room.to_owned(),
+            name: name.to_owned(),
+            members: members.to_vec(),
+            count,
+            history: history.iter().cloned().map(HistoryEntry::Message).collect(),
+        })
+    };
+    let fits = |frame: &Frame| frame.len() <= SERVER_FRAME_MAX_BYTES;
+
+    let full = build(&members, &history);
+    if fits(&full) {
+        return full;
+    }
+    // Binary search for the fewest old messages to drop.
+    if fits(&build(&members, &[])) {
+        let (mut lo, mut hi) = (0, history.len());
+        while lo < hi {
+            let keep = (lo + hi).div_ceil(2);
+            if fits(&build(&members, &history[history.len() - keep..])) {
+                lo = keep;
+            } else {
+                hi = keep - 1;
+            }
+        }
+        return build(&members, &history[history.len() - lo..]);
+    }
+    let (mut lo, mut hi) = (1, members.len());
+    while lo < hi {
+        let keep = (lo + hi).div_ceil(2);
+        if fits(&build(&members[..keep], &[])) {
+            lo = keep;
+        } else {
+            hi = keep - 1;
+        }
+    }
+    build(&members[..lo], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(i: usize, data: &str) -> ChatMessage {
+        ChatMessage {
+            id: format!("{i:013}-0"),
+            room: "r".into(),
+            name: "n".into(),
+            data: data.into(),
+            ts: i as u64,
+        }
+    }
+
+    fn parse(frame: &Frame) -> (Vec<String>, usize, Vec<ChatMessage>) {
+        match ServerFrame::parse(frame.as_str()).unwrap() {
+            ServerFrame::Joined {
+                members,
+                count,
+                history,
+                ..
+            } => (
+                members,
+                count,
+                history
+                    .into_iter()
+                    .map(|HistoryEntry::Message(m)| m)
+                    .collect(),
+            ),
+            other => panic!("not a joined frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_frames_are_untouched() {
+        let history: Vec<_> = (0..50).map(|i| message(i, "hello")).collect();
+        let frame = joined_frame("r", "me", vec!["me".into(), "you".into()], history.clone());
+        assert_eq!(parse(&frame), (vec!["me".into(), "you".into()], 2, history));
+    }
+
+    #[test]
+    fn drops_the_oldest_history_first() {
+        // 50 messages of 4096 control characters escape to ~24 KB each.
+        let data = "\u{1}".repeat(4096);
+        let history: Vec<_> = (0..50).map(|i| message(i, &data)).collect();
+        let frame = joined_frame("r", "me", vec!["me".into()], history.clone());
+        assert!(frame.len() <= SERVER_FRAME_MAX_BYTES);
+        let (_, _, kept) = parse(&frame);
+        assert!(!kept.is_empty() && kept.len() < 50);
+        assert_eq!(kept, history[50 - kept.len()..]);
+        // One more message would not have fitted.
+        let one_more = joined_frame(
+            "r",
+            "me",
+            vec!["me".into()],
+            history[49 - kept.len()..].to_vec(),
+        );
+        assert_eq!(parse(&one_more).2.len(), kept.len());
+    }
+
+    #[test]
+    fn cuts_huge_member_lists_but_keeps_the_count_and_the_joiner() {
+        let members: Vec<String> = std::iter::once("me".to_owned())
+            .chain((0..10_000).map(|i| format!("member-with-a-long-name-{i:05}")))
+            .collect();
+        let frame = joined_frame("r", "me", members.clone(), vec![message(1, "hi")]);
+        assert!(frame.len() <= SERVER_FRAME_MAX_BYTES);
+        let (kept, count, history) = parse(&frame);
+        assert_eq!(count, 10_001);
+        assert_eq!(kept[0], "me");
+        assert!(kept.len() > 1000 && kept.len() < 10_001);
+        assert_eq!(kept, members[..kept.len()]);
+        assert!(history.is_empty());
+    }
+}

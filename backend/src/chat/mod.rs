@@ -1,0 +1,438 @@
+//! The chat itself: one async handler per API Gateway WebSocket route, over a
+//! [`Store`] and a [`Pusher`].
+//!
+//! Handlers take and return API Gateway's own event types, exactly as Lambda
+//! hands them over, so the Lambda functions and chat-local run this same code.
+//! The room a connection posts to is always the one the store recorded for it,
+//! never one named in the frame.
+
+mod joined;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
+use shared::{
+    ChatMessage, ClientFrame, ErrorCode, Name, PresenceEvent, ProtocolError, Room, ServerFrame,
+    limits::HISTORY_LEN,
+};
+
+use crate::pusher::{Frame, Pusher, fan_out};
+use crate::store::{Member, Store, StoreError};
+
+/// The name of a connection that joins through the query string without one.
+pub const DEFAULT_NAME: &str = "anonymous";
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Deliveries in flight at once during one fan-out.
+    pub max_in_flight: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 64 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The client asked for something it cannot have; it is told why.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The store failed; the client gets an `internal` error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Chat<S, P> {
+    store: S,
+    pusher: P,
+    config: ChatConfig,
+}
+
+impl<S: Store, P: Pusher> Chat<S, P> {
+    pub fn new(store: S, pusher: P, config: ChatConfig) -> Self {
+        Self {
+            store,
+            pusher,
+            config,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn pusher(&self) -> &P {
+        &self.pusher
+    }
+
+    /// Handles one API Gateway WebSocket event, whatever its route.
+    pub async fn handle(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let context = &event.request_context;
+        let Some(connection_id) = context.connection_id.as_deref() else {
+            return response(400, "the event has no connectionId");
+        };
+        let route = context.route_key.as_deref().unwrap_or("$default");
+        match (context.event_type.as_deref(), route) {
+            (Some("CONNECT"), _) | (None, "$connect") => {
+                let connected_at = u64::try_from(context.connected_at)
+                    .ok()
+                    .filter(|&at| at > 0)
+                    .unwrap_or_else(now_ms);
+                let query = |key| event.query_string_parameters.first(key);
+                self.connect(connection_id, connected_at, query("room"), query("name"))
+                    .await
+            }
+            (Some("DISCONNECT"), _) | (None, "$disconnect") => self.disconnect(connection_id).await,
+            _ => {
+                let frame = match (&event.body, event.is_base64_encoded) {
+                    (_, true) => Err(ProtocolError::bad_request(
+                        "binary frames are not supported; send JSON text frames",
+                    )),
+                    (Some(body), false) => ClientFrame::parse(body),
+                    (None, false) => Err(ProtocolError::bad_request("empty frame")),
+                };
+                self.message(connection_id, route, frame).await
+            }
+        }
+    }
+
+    /// `$connect`: records the connection, joining `?room=` (as `?name=`) if
+    /// given. API Gateway cannot push to a socket during its `$connect`, so the
+    /// joiner gets no `joined` frame; the others hear of it.
+    pub async fn connect(
+        &self,
+        connection_id: &str,
+        connected_at: u64,
+        room: Option<&str>,
+        name: Option<&str>,
+    ) -> ApiGatewayProxyResponse {
+        let membership = match room.map(|room| parse_membership(room, name)).transpose() {
+            Ok(membership) => membership,
+            Err(error) => {
+                tracing::info!(connection_id, code = %error.code, "connect refused");
+                return response(400, &error.message);
+            }
+        };
+        let joined = async {
+            self.store
+                .add_connection(
+                    connection_id,
+                    connected_at,
+                    membership.as_ref().map(|(room, name)| (room, name)),
+                )
+                .await?;
+            if let Some((room, name)) = &membership {
+                self.announce_join(connection_id, room.as_str(), name.as_str())
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        match joined.await {
+            Ok(()) => {
+                tracing::info!(
+                    connection_id,
+                    room = membership.as_ref().map(|m| m.0.as_str()),
+                    "connected"
+                );
+                response(200, "connected")
+            }
+            Err(error) => {
+                tracing::error!(connection_id, %error, "connect failed");
+                response(500, "internal error")
+            }
+        }
+    }
+
+    /// `$disconnect`: forgets the connection and tells its room.
+    pub async fn disconnect(&self, connection_id: &str) -> ApiGatewayProxyResponse {
+        match self.forget(connection_id).await {
+            Ok(()) => {
+                tracing::info!(connection_id, "disconnected");
+                response(200, "disconnected")
+            }
+            Err(error) => {
+                tracing::error!(connection_id, %error, "disconnect failed");
+                response(500, "internal error")
+            }
+        }
+    }
+
+    /// Every other route: acts on one client frame, answering anything it
+    /// cannot act on with an `error` frame. The socket stays open either way.
+    pub async fn message(
+        &self,
+        connection_id: &str,
+        route: &str,
+        frame: Result<ClientFrame, ProtocolError>,
+    ) -> ApiGatewayProxyResponse {
+        let result = match frame {
+            Ok(ClientFrame::Join { room, name }) => self.join(connection_id, room, name).await,
+            Ok(ClientFrame::SendMessage { data }) => self.send_message(connection_id, data).await,
+            Ok(ClientFrame::Leave) => self.leave(connection_id).await,
+            Ok(ClientFrame::Ping) => {
+                self.reply(connection_id, &ServerFrame::Pong).await;
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        };
+        match result {
+            Ok(()) => response(200, "ok"),
+            Err(ChatError::Protocol(error)) => {
+                tracing::info!(connection_id, route, code = %error.code, "request refused");
+                self.reply(connection_id, &error.into()).await;
+                response(200, "refused")
+            }
+            Err(ChatError::Store(error)) => {
+                tracing::error!(connection_id, route, %error, "request failed");
+                let frame = ServerFrame::error(
+                    ErrorCode::Internal,
+                    "the server could not complete the request; try again",
+                );
+                self.reply(connection_id, &frame).await;
+                response(500, "internal error")
+            }
+        }
+    }
+
+    async fn join(&self, connection_id: &str, room: Room, name: Name) -> Result<(), ChatError> {
+        let Some(previous) = self.store.join_room(connection_id, &room, &name).await? else {
+            return Err(not_connected());
+        };
+        let rejoin = previous.room.as_deref() == Some(room.as_str())
+            && previous.name.as_deref() == Some(name.as_str());
+        if !rejoin {
+            if let (Some(old_room), Some(old_name)) = (&previous.room, &previous.name) {
+                self.announce_leave(connection_id, old_room, old_name)
+                    .await?;
+            }
+        }
+
+        // Membership is written before history is read, and a sender saves a
+        // message before it reads the members, so every message reaches a
+        // joiner one way or the other (rarely both: clients dedupe by id).
+        let members = self.store.room_members(room.as_str()).await?;
+        let others: Vec<&Member> = others(&members, connection_id).collect();
+        let history = self
+            .store
+            .recent_messages(room.as_str(), HISTORY_LEN)
+            .await?;
+        let member_names = std::iter::once(name.as_str())
+            .chain(others.iter().map(|member| member.name.as_str()))
+            .map(str::to_owned)
+            .collect();
+        let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history);
+        self.push_one(connection_id, frame).await;
+        if !rejoin {
+            let presence = ServerFrame::Presence {
+                event: PresenceEvent::Join,
+                room: room.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                count: others.len() + 1,
+            };
+            let recipients: Vec<&str> = others.iter().map(|m| m.connection_id.as_str()).collect();
+            self.broadcast(&recipients, &presence).await;
+        }
+        tracing::info!(connection_id, room = room.as_str(), rejoin, "joined");
+        Ok(())
+    }
+
+    async fn send_message(&self, connection_id: &str, data: String) -> Result<(), ChatError> {
+        let connection = self.store.connection(connection_id).await?;
+        let Some((room, name)) = connection.and_then(|c| c.room.zip(c.name)) else {
+            return Err(not_in_room());
+        };
+        let ts = now_ms();
+        let message = ChatMessage {
+            id: message_id(ts),
+            room,
+            name,
+            data,
+            ts,
+        };
+        self.store.save_message(&message).await?;
+        let members = self.store.room_members(&message.room).await?;
+        let room = message.room.clone();
+        let frame = ServerFrame::Message(message);
+        // The sender is included even if an eventually consistent index has
+        // not caught up with its join yet.
+        let recipients: Vec<&str> = std::iter::once(connection_id)
+            .chain(others(&members, connection_id).map(|m| m.connection_id.as_str()))
+            .collect();
+        self.broadcast(&recipients, &frame).await;
+        tracing::debug!(
+            connection_id,
+            room,
+            recipients = members.len(),
+            "message delivered"
+        );
+        Ok(())
+    }
+
+    async fn leave(&self, connection_id: &str) -> Result<(), ChatError> {
+        let previous = self.store.leave_room(connection_id).await?;
+        let Some((room, name)) = previous.and_then(|c| c.room.zip(c.name)) else {
+            return Err(not_in_room());
+        };
+        self.reply(connection_id, &ServerFrame::Left { room: room.clone() })
+            .await;
+        self.announce_leave(connection_id, &room, &name).await?;
+        tracing::info!(connection_id, room, "left");
+        Ok(())
+    }
+
+    /// Removes a connection's record and tells its room it left.
+    async fn forget(&self, connection_id: &str) -> Result<(), StoreError> {
+        let Some(previous) = self.store.remove_connection(connection_id).await? else {
+            return Ok(());
+        };
+        if let Some((room, name)) = previous.room.zip(previous.name) {
+            self.announce_leave(connection_id, &room, &name).await?;
+        }
+        Ok(())
+    }
+
+    async fn announce_join(
+        &self,
+        connection_id: &str,
+        room: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let members = self.store.room_members(room).await?;
+        let others: Vec<&str> = others(&members, connection_id)
+            .map(|m| m.connection_id.as_str())
+            .collect();
+        let presence = ServerFrame::Presence {
+            event: PresenceEvent::Join,
+            room: room.to_owned(),
+            name: name.to_owned(),
+            count: others.len() + 1,
+        };
+        self.broadcast(&others, &presence).await;
+        Ok(())
+    }
+
+    async fn announce_leave(
+        &self,
+        connection_id: &str,
+        room: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let members = self.store.room_members(room).await?;
+        let remaining: Vec<&str> = others(&members, connection_id)
+            .map(|m| m.connection_id.as_str())
+            .collect();
+        let presence = ServerFrame::Presence {
+            event: PresenceEvent::Leave,
+            room: room.to_owned(),
+            name: name.to_owned(),
+            count: remaining.len(),
+        };
+        self.broadcast(&remaining, &presence).await;
+        Ok(())
+    }
+
+    /// Sends one frame, serialized once, to every recipient at once, then
+    /// forgets the recipients that turned out to be gone, telling their rooms.
+    async fn broadcast(&self, recipients: &[&str], frame: &ServerFrame) {
+        let frame = Frame::from(frame);
+        let mut gone = fan_out(&self.pusher, recipients, &frame, self.config.max_in_flight).await;
+        // Telling a room about one gone member can reveal more; the loop ends
+        // because each connection can be removed only once.
+        while let Some(connection_id) = gone.pop() {
+            let previous = match self.store.remove_connection(&connection_id).await {
+                Ok(previous) => previous,
+                Err(error) => {
+                    tracing::warn!(connection_id, %error, "could not forget a gone connection");
+                    continue;
+                }
+            };
+            tracing::info!(connection_id, "forgot a gone connection");
+            let Some((room, name)) = previous.and_then(|c| c.room.zip(c.name)) else {
+                continue;
+            };
+            let members = match self.store.room_members(&room).await {
+                Ok(members) => members,
+                Err(error) => {
+                    tracing::warn!(%error, room, "could not announce a gone connection");
+                    continue;
+                }
+            };
+            let remaining: Vec<&str> = others(&members, &connection_id)
+                .map(|m| m.connection_id.as_str())
+                .collect();
+            let presence = Frame::from(&ServerFrame::Presence {
+                event: PresenceEvent::Leave,
+                room,
+                name,
+                count: remaining.len(),
+            });
+            gone.extend(
+                fan_out(
+                    &self.pusher,
+                    &remaining,
+                    &presence,
+                    self.config.max_in_flight,
+                )
+                .await,
+            );
+        }
+    }
+
+    async fn reply(&self, connection_id: &str, frame: &ServerFrame) {
+        self.push_one(connection_id, Frame::from(frame)).await;
+    }
+
+    async fn push_one(&self, connection_id: &str, frame: Frame) {
+        if let Err(error) = self.pusher.push(connection_id, frame).await {
+            tracing::info!(connection_id, %error, "reply not delivered");
+        }
+    }
+}
+
+fn parse_membership(room: &str, name: Option<&str>) -> Result<(Room, Name), ProtocolError> {
+    Ok((
+        Room::parse(room)?,
+        Name::parse(name.unwrap_or(DEFAULT_NAME))?,
+    ))
+}
+
+fn others<'a>(members: &'a [Member], connection_id: &'a str) -> impl Iterator<Item = &'a Member> {
+    members
+        .iter()
+        .filter(move |member| member.connection_id != connection_id)
+}
+
+fn not_in_room() -> ChatError {
+    ProtocolError::new(ErrorCode::NotInRoom, "join a room first").into()
+}
+
+fn not_connected() -> ChatError {
+    ProtocolError::new(
+        ErrorCode::Internal,
+        "this connection is not registered; reconnect",
+    )
+    .into()
+}
+
+fn response(status_code: i64, body: &str) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = status_code;
+    response.body = Some(Body::Text(body.to_owned()));
+    response
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// A message id that sorts by time (13 digits of milliseconds) and is unique
+/// (64 random bits) without any coordination between Lambda instances.
+fn message_id(ts: u64) -> String {
+    let random = getrandom::u64().expect("the OS random source is available");
+    format!("{ts:013}-{random:016x}")
+}

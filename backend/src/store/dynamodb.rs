@@ -1,0 +1,499 @@
+//! The DynamoDB adapter: two tables, no Scan, every Query paged to the end.
+//!
+//! - connections: hash key `connectionId`; `room`, `name`, `connectedAt`
+//!   (ms), `expiresAt` (TTL, s). The GSI `room-index` (hash key `room`)
+//!   projects only `name`, which is all fan-out and the member list need; it
+//!   is sparse, so connections outside any room cost it nothing.
+//! - messages: hash key `room`, sort key `id` (time-ordered and unique);
+//!   `name`, `data`, `ts` (ms), `expiresAt` (TTL, s).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+};
+use shared::{ChatMessage, Name, Room};
+
+use super::{Connection, Member, Store, StoreError};
+
+pub const ROOM_INDEX: &str = "room-index";
+const TTL_ATTRIBUTE: &str = "expiresAt";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Table names and retention; the defaults suit a deployment and chat-local.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub connections_table: String,
+    pub messages_table: String,
+    /// How long a connection record outlives a `$disconnect` that never came.
+    /// API Gateway closes every connection after 2 hours.
+    pub connection_ttl: Duration,
+    /// How long messages are kept.
+    pub message_ttl: Duration,
+    /// Items per Query page; `None` leaves it to DynamoDB (1 MB pages).
+    pub page_size: Option<i32>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            connections_table: "chat-connections".into(),
+            messages_table: "chat-messages".into(),
+            connection_ttl: Duration::from_secs(3 * 3600),
+            message_ttl: Duration::from_secs(30 * 24 * 3600),
+            page_size: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    config: StoreConfig,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, config: StoreConfig) -> Self {
+        Self { client, config }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Creates both tables (with their TTL) where they do not exist yet.
+    pub async fn ensure_tables(&self) -> Result<(), StoreError> {
+        if !self.table_exists(&self.config.connections_table).await? {
+            self.create_connections_table().await?;
+        }
+        if !self.table_exists(&self.config.messages_table).await? {
+            self.create_messages_table().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops every connection record by recreating the table: records of a
+    /// previous chat-local run name sockets that no longer exist, and a table
+    /// swap forgets them without a Scan.
+    pub async fn reset_connections(&self) -> Result<(), StoreError> {
+        let table = &self.config.connections_table;
+        if self.table_exists(table).await? {
+            self.client
+                .delete_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(backend("DeleteTable"))?;
+            self.client
+                .wait_until_table_not_exists()
+                .table_name(table)
+                .wait(Duration::from_secs(120))
+                .await
+                .map_err(waiter("DescribeTable"))?;
+        }
+        self.create_connections_table().await
+    }
+
+    async fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
+        match self.client.describe_table().table_name(table).send().await {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(backend("DescribeTable")(error)),
+        }
+    }
+
+    async fn create_connections_table(&self) -> Result<(), StoreError> {
+        let table = &self.config.connections_table;
+        let room_index = GlobalSecondaryIndex::builder()
+            .index_name(ROOM_INDEX)
+            .key_schema(key("room", KeyType::Hash))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .non_key_attributes("name")
+                    .build(),
+            )
+            .build()
+            .map_err(build_error)?;
+        self.client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("connectionId"))
+            .attribute_definitions(attribute("room"))
+            .key_schema(key("connectionId", KeyType::Hash))
+            .global_secondary_indexes(room_index)
+            .send()
+            .await
+            .map_err(backend("CreateTable"))?;
+        self.finish_table(table).await
+    }
+
+    async fn create_messages_table(&self) -> Result<(), StoreError> {
+        let table = &self.config.messages_table;
+        self.client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("room"))
+            .attribute_definitions(attribute("id"))
+            .key_schema(key("room", KeyType::Hash))
+            .key_schema(key("id", KeyType::Range))
+            .send()
+            .await
+            .map_err(backend("CreateTable"))?;
+        self.finish_table(table).await
+    }
+
+    /// Waits for a new table to become active, then turns on its TTL.
+    async fn finish_table(&self, table: &str) -> Result<(), StoreError> {
+        self.client
+            .wait_until_table_exists()
+            .table_name(table)
+            .wait(Duration::from_secs(120))
+            .await
+            .map_err(waiter("DescribeTable"))?;
+        let ttl = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(TTL_ATTRIBUTE)
+            .build()
+            .map_err(build_error)?;
+        self.client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(backend("UpdateTimeToLive"))?;
+        Ok(())
+    }
+
+    /// An UpdateItem on a recorded connection that returns the old item, or
+    /// `None` when the connection is not recorded.
+    async fn update_connection(
+        &self,
+        connection_id: &str,
+        update: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Connection>, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .update_expression(update)
+            .condition_expression("attribute_exists(connectionId)")
+            .expression_attribute_names("#room", "room")
+            .return_values(ReturnValue::AllOld);
+        for (placeholder, value) in values {
+            request = request.expression_attribute_values(placeholder, value);
+        }
+        if update.contains("#name") {
+            request = request.expression_attribute_names("#name", "name");
+        }
+        match request.send().await {
+            Ok(output) => output
+                .attributes
+                .map(|item| self.connection_from_item(&item))
+                .transpose(),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+
+    fn connection_from_item(&self, item: &Item) -> Result<Connection, StoreError> {
+        let table = &self.config.connections_table;
+        Ok(Connection {
+            connection_id: required_s(item, "connectionId", table)?.to_owned(),
+            room: optional_s(item, "room").map(str::to_owned),
+            name: optional_s(item, "name").map(str::to_owned),
+            connected_at: required_n(item, "connectedAt", table)?,
+        })
+    }
+
+    fn message_from_item(&self, item: &Item) -> Result<ChatMessage, StoreError> {
+        let table = &self.config.messages_table;
+        Ok(ChatMessage {
+            id: required_s(item, "id", table)?.to_owned(),
+            room: required_s(item, "room", table)?.to_owned(),
+            name: required_s(item, "name", table)?.to_owned(),
+            data: required_s(item, "data", table)?.to_owned(),
+            ts: required_n(item, "ts", table)?,
+        })
+    }
+
+    fn expiry(&self, now_ms: u64, ttl: Duration) -> AttributeValue {
+        n(now_ms / 1000 + ttl.as_secs())
+    }
+}
+
+impl Store for DynamoStore {
+    async fn add_connection(
+        &self,
+        connection_id: &str,
+        connected_at: u64,
+        membership: Option<(&Room, &Name)>,
+    ) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.config.connections_table)
+            .item("connectionId", s(connection_id))
+            .item("connectedAt", n(connected_at))
+            .item(
+                TTL_ATTRIBUTE,
+                self.expiry(connected_at, self.config.connection_ttl),
+            );
+        if let Some((room, name)) = membership {
+            request = request
+                .item("room", s(room.as_str()))
+                .item("name", s(name.as_str()));
+        }
+        request.send().await.map_err(backend("PutItem"))?;
+        Ok(())
+    }
+
+    async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        output
+            .item
+            .map(|item| self.connection_from_item(&item))
+            .transpose()
+    }
+
+    async fn join_room(
+        &self,
+        connection_id: &str,
+        room: &Room,
+        name: &Name,
+    ) -> Result<Option<Connection>, StoreError> {
+        self.update_connection(
+            connection_id,
+            "SET #room = :room, #name = :name",
+            vec![(":room", s(room.as_str())), (":name", s(name.as_str()))],
+        )
+        .await
+    }
+
+    async fn leave_room(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        self.update_connection(connection_id, "REMOVE #room", Vec::new())
+            .await
+    }
+
+    async fn remove_connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<Connection>, StoreError> {
+        let output = self
+            .client
+            .delete_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(backend("DeleteItem"))?;
+        output
+            .attributes
+            .map(|item| self.connection_from_item(&item))
+            .transpose()
+    }
+
+    async fn room_members(&self, room: &str) -> Result<Vec<Member>, StoreError> {
+        let table = &self.config.connections_table;
+        let mut members = Vec::new();
+        let mut start_key = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(table)
+                .index_name(ROOM_INDEX)
+                .key_condition_expression("#room = :room")
+                .expression_attribute_names("#room", "room")
+                .expression_attribute_values(":room", s(room))
+                .set_limit(self.config.page_size)
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(backend("Query"))?;
+            for item in page.items() {
+                members.push(Member {
+                    connection_id: required_s(item, "connectionId", table)?.to_owned(),
+                    name: required_s(item, "name", table)?.to_owned(),
+                });
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                return Ok(members);
+            }
+        }
+    }
+
+    async fn save_message(&self, message: &ChatMessage) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.config.messages_table)
+            .item("room", s(&message.room))
+            .item("id", s(&message.id))
+            .item("name", s(&message.name))
+            .item("data", s(&message.data))
+            .item("ts", n(message.ts))
+            .item(
+                TTL_ATTRIBUTE,
+                self.expiry(message.ts, self.config.message_ttl),
+            )
+            // Ids are unique by construction; this makes an impossible clash
+            // fail loudly instead of overwriting a message.
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await
+            .map_err(backend("PutItem"))?;
+        Ok(())
+    }
+
+    async fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut messages = Vec::with_capacity(limit);
+        let mut start_key = None;
+        while messages.len() < limit {
+            let wanted = i32::try_from(limit - messages.len()).unwrap_or(i32::MAX);
+            let page_limit = self
+                .config
+                .page_size
+                .map_or(wanted, |size| size.min(wanted));
+            let page = self
+                .client
+                .query()
+                .table_name(&self.config.messages_table)
+                .key_condition_expression("#room = :room")
+                .expression_attribute_names("#room", "room")
+                .expression_attribute_values(":room", s(room))
+                .scan_index_forward(false)
+                .limit(page_limit)
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(backend("Query"))?;
+            for item in page.items() {
+                messages.push(self.message_from_item(item)?);
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(messages)
+    }
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn key(name: &str, key_type: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .expect("key schema elements have both fields")
+}
+
+fn attribute(name: &str) -> AttributeDefinition {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .expect("attribute definitions have both fields")
+}
+
+fn optional_s<'a>(item: &'a Item, attribute: &str) -> Option<&'a str> {
+    item.get(attribute)?.as_s().ok().map(String::as_str)
+}
+
+fn required_s<'a>(item: &'a Item, attribute: &str, table: &str) -> Result<&'a str, StoreError> {
+    optional_s(item, attribute).ok_or_else(|| StoreError::Malformed {
+        table: table.to_owned(),
+        message: format!("missing string attribute {attribute}"),
+    })
+}
+
+fn required_n(item: &Item, attribute: &str, table: &str) -> Result<u64, StoreError> {
+    item.get(attribute)
+        .and_then(|value| value.as_n().ok())
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| StoreError::Malformed {
+            table: table.to_owned(),
+            message: format!("missing numeric attribute {attribute}"),
+        })
+}
+
+/// Maps a failed request to a store error that keeps the service's error
+/// code and message (or, for a failure before any answer, its cause).
+fn backend<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    move |error| {
+        let message = match error.as_service_error() {
+            Some(service) => format!(
+                "{}: {}",
+                service.code().unwrap_or("unknown error"),
+                service.message().unwrap_or("no message")
+            ),
+            None => DisplayErrorContext(&error).to_string(),
+        };
+        StoreError::Backend { operation, message }
+    }
+}
+
+/// Maps a failed waiter (a table that never became ready, or never went).
+fn waiter<E: std::error::Error + 'static>(operation: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |error| StoreError::Backend {
+        operation,
+        message: DisplayErrorContext(&error).to_string(),
+    }
+}
+
+fn build_error(error: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Backend {
+        operation: "build request",
+        message: error.to_string(),
+    }
+}

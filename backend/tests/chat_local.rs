@@ -1,0 +1,433 @@
+//! The chat through real sockets against a running chat-local process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn names(frame: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = frame["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn messages_reach_every_member_of_the_room_and_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("room-1", "Ada").await;
+    let (mut bo, _) = server.join("room-1", "Bo").await;
+    expect(&mut ada, "presence").await;
+    let (mut cy, _) = server.join("room-2", "Cy").await;
+
+    // A room named in the frame is ignored: Ada posts to the room she joined.
+    send(
+        &mut ada,
+        json!({"action": "sendmessage", "room": "room-2", "data": "hello <b>1</b>"}),
+    )
+    .await;
+    for socket in [&mut ada, &mut bo] {
+        let message = expect(socket, "message").await;
+        assert_eq!(message["room"], "room-1");
+        assert_eq!(message["name"], "Ada");
+        assert_eq!(message["data"], "hello <b>1</b>");
+        assert!(message["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert!(message["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+    expect_nothing_more(&mut cy).await;
+
+    say(&mut cy, "only room 2").await;
+    assert_eq!(expect(&mut cy, "message").await["data"], "only room 2");
+    expect_nothing_more(&mut ada).await;
+    expect_nothing_more(&mut bo).await;
+}
+
+#[tokio::test]
+async fn presence_tells_the_others_who_comes_and_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, joined) = server.join("lobby", "Ada").await;
+    assert_eq!(joined["room"], "lobby");
+    assert_eq!(joined["name"], "Ada");
+    assert_eq!(names(&joined), ["Ada"]);
+    assert_eq!(joined["count"], 1);
+
+    let (mut bo, joined) = server.join("lobby", "  Bo  ").await;
+    assert_eq!(joined["name"], "Bo", "names are trimmed");
+    assert_eq!(names(&joined), ["Ada", "Bo"]);
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(
+        presence,
+        json!({"type": "presence", "event": "join", "room": "lobby", "name": "Bo", "count": 2})
+    );
+
+    send(&mut bo, json!({"action": "leave"})).await;
+    assert_eq!(
+        expect(&mut bo, "left").await,
+        json!({"type": "left", "room": "lobby"})
+    );
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(
+        presence,
+        json!({"type": "presence", "event": "leave", "room": "lobby", "name": "Bo", "count": 1})
+    );
+
+    // Still connected after leaving, and no longer in the room.
+    expect_alive(&mut bo).await;
+    say(&mut bo, "anyone?").await;
+    expect_error(&mut bo, "not_in_room").await;
+    send(&mut bo, json!({"action": "leave"})).await;
+    expect_error(&mut bo, "not_in_room").await;
+    say(&mut ada, "just me").await;
+    expect(&mut ada, "message").await;
+    expect_nothing_more(&mut bo).await;
+
+    // A closed socket is a departure too.
+    let (bo_again, _) = server.join("lobby", "Bo").await;
+    expect(&mut ada, "presence").await;
+    drop(bo_again);
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(presence["event"], "leave");
+    assert_eq!(presence["count"], 1);
+}
+
+#[tokio::test]
+async fn joiners_get_the_last_50_messages_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("history", "Ada").await;
+    let mut sent = Vec::new();
+    for i in 0..55 {
+        say(&mut ada, &format!("message {i}")).await;
+        sent.push(expect(&mut ada, "message").await);
+    }
+    let (_bo, joined) = server.join("history", "Bo").await;
+    let history = joined["history"].as_array().unwrap();
+    assert_eq!(history.len(), 50);
+    assert_eq!(
+        history[..],
+        sent[5..],
+        "the latest 50, oldest first, shaped as message frames"
+    );
+
+    let (_cy, joined) = server.join("elsewhere", "Cy").await;
+    assert_eq!(joined["history"], json!([]));
+}
+
+#[tokio::test]
+async fn switching_rooms_leaves_the_old_one_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("one", "Ada").await;
+    let (mut bo, _) = server.join("one", "Bo").await;
+    expect(&mut ada, "presence").await;
+    let (mut cy, _) = server.join("two", "Cy").await;
+
+    send(
+        &mut ada,
+        json!({"action": "join", "room": "two", "name": "Ada"}),
+    )
+    .await;
+    let joined = expect(&mut ada, "joined").await;
+    assert_eq!(joined["room"], "two");
+    assert_eq!(names(&joined), ["Ada", "Cy"]);
+    let left = expect(&mut bo, "presence").await;
+    assert_eq!(
+        left,
+        json!({"type": "presence", "event": "leave", "room": "one", "name": "Ada", "count": 1})
+    );
+    let arrived = expect(&mut cy, "presence").await;
+    assert_eq!(
+        arrived,
+        json!({"type": "presence", "event": "join", "room": "two", "name": "Ada", "count": 2})
+    );
+
+    say(&mut ada, "hi two").await;
+    assert_eq!(expect(&mut ada, "message").await["room"], "two");
+    assert_eq!(expect(&mut cy, "message").await["data"], "hi two");
+    expect_nothing_more(&mut bo).await;
+
+    // Joining the room one is already in changes nothing for the others.
+    send(
+        &mut ada,
+        json!({"action": "join", "room": "two", "name": "Ada"}),
+    )
+    .await;
+    expect(&mut ada, "joined").await;
+    expect_nothing_more(&mut cy).await;
+}
+
+#[tokio::test]
+async fn the_query_string_joins_at_connect_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("chat:1", "Ada").await;
+
+    let mut wscat = server.connect_with("?room=chat:1&name=Zo%C3%AB").await;
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(presence["name"], "Zoë");
+    assert_eq!(presence["count"], 2);
+    // No `joined` frame follows a connect-time join, but posting works.
+    say(&mut wscat, "from wscat").await;
+    let message = expect(&mut wscat, "message").await;
+    assert_eq!(message["room"], "chat:1");
+    assert_eq!(expect(&mut ada, "message").await["name"], "Zoë");
+
+    // The Go original's form, a room without a name.
+    let _anonymous = server.connect_with("?room=chat:1").await;
+    assert_eq!(expect(&mut ada, "presence").await["name"], "anonymous");
+
+    // A bad room refuses the connection itself.
+    let refused = tokio_tungstenite::connect_async(server.ws_url("?room=no%20spaces")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!("expected an HTTP 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_bad_frame_gets_its_error_and_the_socket_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut socket = server.connect().await;
+
+    let cases = [
+        ("not json", "bad_request"),
+        ("", "bad_request"),
+        ("[1, 2]", "bad_request"),
+        ("42", "bad_request"),
+        ("{}", "bad_request"),
+        (r#"{"action": 1}"#, "bad_request"),
+        (r#"{"action": "dance"}"#, "unknown_action"),
+        (r#"{"action": "sendmessage", "data": "x"}"#, "not_in_room"),
+        (r#"{"action": "leave"}"#, "not_in_room"),
+        (
+            r#"{"action": "join", "room": "a b", "name": "Ada"}"#,
+            "invalid_room",
+        ),
+        (
+            r#"{"action": "join", "room": "ok", "name": "\u0007"}"#,
+            "invalid_name",
+        ),
+        (r#"{"action": "join", "room": "ok"}"#, "bad_request"),
+        (
+            r#"{"action": "join", "room": "ok", "name": "\ud800"}"#,
+            "bad_request",
+        ),
+    ];
+    for (frame, code) in cases {
+        send_text(&mut socket, frame).await;
+        expect_error(&mut socket, code).await;
+    }
+
+    send(
+        &mut socket,
+        json!({"action": "join", "room": "ok", "name": "Ada"}),
+    )
+    .await;
+    expect(&mut socket, "joined").await;
+    let cases = [
+        (json!({"action": "sendmessage", "data": ""}), "bad_request"),
+        (json!({"action": "sendmessage", "data": 7}), "bad_request"),
+        (json!({"action": "sendmessage"}), "bad_request"),
+        (
+            json!({"action": "sendmessage", "data": "x".repeat(4097)}),
+            "too_large",
+        ),
+    ];
+    for (frame, code) in cases {
+        send(&mut socket, frame).await;
+        expect_error(&mut socket, code).await;
+    }
+    send_text(
+        &mut socket,
+        r#"{"action":"sendmessage","data":"\udc00 lone"}"#,
+    )
+    .await;
+    expect_error(&mut socket, "bad_request").await;
+
+    socket
+        .send(Message::binary(b"{\"action\":\"ping\"}".to_vec()))
+        .await
+        .unwrap();
+    let error = expect_error(&mut socket, "bad_request").await;
+    assert!(error["message"].as_str().unwrap().contains("binary"));
+
+    // 4096 bytes exactly is fine, and delivered verbatim.
+    let longest = "é".repeat(2048);
+    say(&mut socket, &longest).await;
+    assert_eq!(expect(&mut socket, "message").await["data"], longest);
+    expect_alive(&mut socket).await;
+}
+
+#[tokio::test]
+async fn a_100_kb_frame_is_refused_without_closing_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut socket, _) = server.join("big", "Ada").await;
+    say(&mut socket, &"x".repeat(100 * 1024)).await;
+    expect_error(&mut socket, "too_large").await;
+    send_text(&mut socket, &"y".repeat(100 * 1024)).await;
+    expect_error(&mut socket, "bad_request").await;
+    expect_alive(&mut socket).await;
+
+    // Past API Gateway's 128 KB message limit: refused, the socket stays.
+    send_text(&mut socket, &"z".repeat(200 * 1024)).await;
+    let error = expect_error(&mut socket, "too_large").await;
+    assert!(error["message"].as_str().unwrap().contains("131072"));
+    socket
+        .send(Message::binary(vec![7u8; 200 * 1024]))
+        .await
+        .unwrap();
+    expect_error(&mut socket, "too_large").await;
+    expect_alive(&mut socket).await;
+
+    // Past what is read at all (1 MiB), the socket is closed (1009).
+    send_text(&mut socket, &"w".repeat(2 * 1024 * 1024)).await;
+    let mut closed = false;
+    while let Ok(Some(message)) = tokio::time::timeout(WAIT, socket.next()).await {
+        match message {
+            Ok(Message::Text(text)) => assert!(text.contains("too_large"), "{text}"),
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::Size));
+                closed = true;
+                break;
+            }
+            // The rest of the unread frame can turn the close into a reset.
+            Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(closed, "the socket was closed");
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_answered_then_closed_as_rfc_6455_requires() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("utf8", "Ada").await;
+    let (mut bo, _) = server.join("utf8", "Bo").await;
+    expect(&mut ada, "presence").await;
+
+    let raw = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    bo.send(Message::Frame(raw)).await.unwrap();
+    let error = expect_error(&mut bo, "bad_request").await;
+    assert!(error["message"].as_str().unwrap().contains("UTF-8"));
+    match tokio::time::timeout(WAIT, bo.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Invalid),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(expect(&mut ada, "presence").await["event"], "leave");
+}
+
+#[tokio::test]
+async fn a_socket_that_dies_without_a_close_frame_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--ping-interval", "200ms", "--idle-timeout", "1s"],
+    });
+    let (mut ada, _) = server.join("pulse", "Ada").await;
+
+    // A TCP connection cut without a close frame.
+    let (cut, _) = server.join("pulse", "Cut").await;
+    expect(&mut ada, "presence").await;
+    let tcp = match cut.into_inner() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!(),
+    };
+    let std_tcp = tcp.into_std().unwrap();
+    std_tcp.shutdown(std::net::Shutdown::Both).unwrap();
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(
+        (presence["event"].as_str(), presence["name"].as_str()),
+        (Some("leave"), Some("Cut"))
+    );
+
+    // A peer that stays connected but stops answering pings.
+    let (silent, _) = server.join("pulse", "Silent").await;
+    expect(&mut ada, "presence").await;
+    let started = std::time::Instant::now();
+    // Ada keeps reading (and so answering pings); Silent never reads again.
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(
+        (presence["event"].as_str(), presence["name"].as_str()),
+        (Some("leave"), Some("Silent"))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "only after the idle timeout"
+    );
+    drop(silent);
+    expect_alive(&mut ada).await;
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_and_old_connections_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("durable", "Ada").await;
+    say(&mut ada, "before the restart").await;
+    let sent = expect(&mut ada, "message").await;
+    server.stop();
+    // The server closed the socket as it went (1001, going away).
+    match tokio::time::timeout(WAIT, ada.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        Some(Err(_)) | None => {}
+        other => panic!("expected the socket to close, got {other:?}"),
+    }
+
+    let server = Server::start(dir.path());
+    let (_bo, joined) = server.join("durable", "Bo").await;
+    assert_eq!(joined["history"], json!([sent]));
+    assert_eq!(
+        names(&joined),
+        ["Bo"],
+        "Ada's connection ended with the old process"
+    );
+}
+
+#[tokio::test]
+async fn serves_health_and_the_web_app_with_an_index_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let dist = tempfile::tempdir().unwrap();
+    std::fs::write(dist.path().join("index.html"), "<h1>chat app</h1>").unwrap();
+    std::fs::write(dist.path().join("app.js"), "console.log(1)").unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: Some(dist.path()),
+        dynamodb_endpoint: None,
+        extra: &[],
+    });
+    let get = |path: &str| {
+        let url = server.http(path);
+        async move { http_request("GET", &url, None).await }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(get("/").await, (200, "<h1>chat app</h1>".to_owned()));
+    assert_eq!(get("/app.js").await, (200, "console.log(1)".to_owned()));
+    assert_eq!(
+        get("/some/client/route").await,
+        (200, "<h1>chat app</h1>".to_owned())
+    );
+}

@@ -1,0 +1,255 @@
+//! Test harness: a real chat-local process, real WebSocket clients, and a
+//! DynamoDB engine (dynoxide) the tests can also reach directly.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A DynamoDB engine served on a loopback port by this test process.
+pub struct Dynamo {
+    pub endpoint: String,
+    pub client: aws_sdk_dynamodb::Client,
+}
+
+impl Dynamo {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let database = dynoxide::Database::memory().unwrap();
+        tokio::spawn(dynoxide::server::serve_on(listener, database));
+        let client = backend::local::dynamodb::local_client(&endpoint);
+        Self { endpoint, client }
+    }
+}
+
+/// A running chat-local, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+pub struct Options<'a> {
+    pub data_dir: &'a Path,
+    pub dist: Option<&'a Path>,
+    pub dynamodb_endpoint: Option<&'a str>,
+    pub extra: &'a [&'a str],
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(Options {
+            data_dir,
+            dist: None,
+            dynamodb_endpoint: None,
+            extra: &[],
+        })
+    }
+
+    pub fn start_with(options: Options) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-local"));
+        command
+            .args(["--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(options.data_dir)
+            .arg("--dist")
+            .arg(options.dist.unwrap_or(options.data_dir))
+            .args(options.extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(endpoint) = options.dynamodb_endpoint {
+            command.args(["--dynamodb-endpoint", endpoint]);
+        }
+        let mut child = command.spawn().expect("chat-local starts");
+        let stdout = child.stdout.take().unwrap();
+        let (ready, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[chat-local] {line}");
+                if let Some(at) = line.find("ready on http://") {
+                    let addr = line[at + "ready on http://".len()..].trim().to_owned();
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chat-local reports its address");
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    pub async fn connect(&self) -> Socket {
+        self.connect_with("").await
+    }
+
+    pub async fn connect_with(&self, query: &str) -> Socket {
+        let (socket, _) = connect_async(self.ws_url(query))
+            .await
+            .expect("WebSocket connects");
+        socket
+    }
+
+    /// A client that joined `room` as `name` and read its `joined` frame.
+    pub async fn join(&self, room: &str, name: &str) -> (Socket, Value) {
+        let mut socket = self.connect().await;
+        send(
+            &mut socket,
+            json!({"action": "join", "room": room, "name": name}),
+        )
+        .await;
+        let joined = expect(&mut socket, "joined").await;
+        (socket, joined)
+    }
+
+    /// Stops the server as Ctrl-C would, and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn send(socket: &mut Socket, frame: Value) {
+    send_text(socket, &frame.to_string()).await;
+}
+
+pub async fn send_text(socket: &mut Socket, text: &str) {
+    socket
+        .send(Message::text(text.to_owned()))
+        .await
+        .expect("frame sent");
+}
+
+/// The next text frame, as JSON (control frames are skipped).
+pub async fn next_frame(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a frame arrives in time")
+            .expect("the socket is open")
+            .expect("the socket reads");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message: {other:?}"),
+        }
+    }
+}
+
+/// The next frame, which must be of `kind`.
+pub async fn expect(socket: &mut Socket, kind: &str) -> Value {
+    let frame = next_frame(socket).await;
+    assert_eq!(frame["type"], kind, "expected a {kind} frame, got {frame}");
+    frame
+}
+
+pub async fn expect_error(socket: &mut Socket, code: &str) -> Value {
+    let frame = expect(socket, "error").await;
+    assert_eq!(frame["code"], code, "wrong error: {frame}");
+    assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()));
+    frame
+}
+
+/// Proves the socket still works: a ping is answered with a pong.
+pub async fn expect_alive(socket: &mut Socket) {
+    send(socket, json!({"action": "ping"})).await;
+    expect(socket, "pong").await;
+}
+
+/// Proves nothing arrives: a ping round trip is the only thing received.
+/// Everything sent before the ping has been handled by then, since one
+/// connection's frames are handled in order.
+pub async fn expect_nothing_more(socket: &mut Socket) {
+    send(socket, json!({"action": "ping"})).await;
+    let frame = next_frame(socket).await;
+    assert_eq!(frame["type"], "pong", "unexpected frame: {frame}");
+}
+
+pub async fn say(socket: &mut Socket, data: &str) {
+    send(socket, json!({"action": "sendmessage", "data": data})).await;
+}
+
+/// A minimal HTTP/1.1 request over a real socket: (status, body).
+pub async fn http_request(method: &str, url: &str, body: Option<&[u8]>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = TcpStream::connect(host).await.expect("server reachable");
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().expect("a status code");
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}

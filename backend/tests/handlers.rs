@@ -1,0 +1,293 @@
+//! The handlers, fed recorded API Gateway WebSocket events (`testdata/`),
+//! over the DynamoDB store (dynoxide) and the in-process pusher.
+
+mod common;
+
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use aws_lambda_events::query_map::QueryMap;
+use backend::chat::{Chat, ChatConfig};
+use backend::pusher::Frame;
+use backend::pusher::local::{ConnectionInfo, LocalPusher};
+use backend::store::Store;
+use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use common::Dynamo;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc::Receiver;
+
+struct Harness {
+    chat: Chat<DynamoStore, LocalPusher>,
+    _dynamo: Dynamo,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let dynamo = Dynamo::start().await;
+        let store = DynamoStore::new(dynamo.client.clone(), StoreConfig::default());
+        store.ensure_tables().await.unwrap();
+        let chat = Chat::new(store, LocalPusher::default(), ChatConfig::default());
+        Self {
+            chat,
+            _dynamo: dynamo,
+        }
+    }
+
+    /// `$connect` from the recorded event, with its query string replaced.
+    async fn connect(&self, id: &str, query: &[(&str, &str)]) -> (i64, Receiver<Frame>) {
+        let frames = self.chat.pusher().register(
+            id,
+            Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into())),
+        );
+        let mut event = recorded("connect.json", id);
+        let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, value) in query {
+            parameters.insert((*key).into(), vec![(*value).into()]);
+        }
+        event.query_string_parameters = QueryMap::from(parameters);
+        let status = self.chat.handle(event).await.status_code;
+        (status, frames)
+    }
+
+    async fn send(&self, id: &str, route: &str, body: Value) -> i64 {
+        let file = match route {
+            "join" | "sendmessage" | "leave" => format!("{route}.json"),
+            _ => "default.json".into(),
+        };
+        let mut event = recorded(&file, id);
+        event.body = Some(body.to_string());
+        self.chat.handle(event).await.status_code
+    }
+}
+
+/// A recorded event from `testdata/`, for connection `id`.
+fn recorded(file: &str, id: &str) -> ApiGatewayWebsocketProxyRequest {
+    let path = format!("{}/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut event: ApiGatewayWebsocketProxyRequest = serde_json::from_str(&text).unwrap();
+    event.request_context.connection_id = Some(id.into());
+    event
+}
+
+fn next(frames: &mut Receiver<Frame>) -> Value {
+    let frame = frames.try_recv().expect("a frame was pushed");
+    serde_json::from_str(frame.as_str()).unwrap()
+}
+
+fn nothing(frames: &mut Receiver<Frame>) {
+    if let Ok(frame) = frames.try_recv() {
+        panic!("unexpected frame {}", frame.as_str());
+    }
+}
+
+#[tokio::test]
+async fn recorded_events_drive_a_whole_chat() {
+    let harness = Harness::new().await;
+
+    // connect.json carries ?room=chat:1&name=Ada.
+    let mut ada = harness.chat.pusher().register(
+        "Bq9ZrdMtDoEAcdA=",
+        Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into())),
+    );
+    let response = harness
+        .chat
+        .handle(recorded("connect.json", "Bq9ZrdMtDoEAcdA="))
+        .await;
+    assert_eq!(response.status_code, 200);
+    let ada_id = "Bq9ZrdMtDoEAcdA=";
+    let record = harness
+        .chat
+        .store()
+        .connection(ada_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.room.as_deref(), Some("chat:1"));
+    assert_eq!(
+        record.connected_at, 1_795_694_400_000,
+        "connectedAt from the event"
+    );
+    nothing(&mut ada);
+
+    let (status, mut bo) = harness.connect("bo", &[]).await;
+    assert_eq!(status, 200);
+    let mut join = recorded("join.json", "bo");
+    join.body = Some(r#"{"action":"join","room":"chat:1","name":"Bo"}"#.into());
+    assert_eq!(harness.chat.handle(join).await.status_code, 200);
+    let joined = next(&mut bo);
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["members"], json!(["Bo", "Ada"]));
+    assert_eq!(next(&mut ada)["type"], "presence");
+
+    // sendmessage.json from Ada reaches both, serialized once for both.
+    assert_eq!(
+        harness
+            .chat
+            .handle(recorded("sendmessage.json", ada_id))
+            .await
+            .status_code,
+        200
+    );
+    let (to_ada, to_bo) = (ada.try_recv().unwrap(), bo.try_recv().unwrap());
+    assert_eq!(to_ada, to_bo);
+    assert_eq!(
+        to_ada.as_bytes().as_ptr(),
+        to_bo.as_bytes().as_ptr(),
+        "one buffer, shared"
+    );
+    let message: Value = serde_json::from_str(to_bo.as_str()).unwrap();
+    assert_eq!(message["data"], "hello <b>world</b>");
+    assert_eq!(message["room"], "chat:1");
+
+    // default.json is a ping; binary.json a base64-encoded binary frame.
+    assert_eq!(
+        harness
+            .chat
+            .handle(recorded("default.json", ada_id))
+            .await
+            .status_code,
+        200
+    );
+    assert_eq!(next(&mut ada), json!({"type": "pong"}));
+    harness.chat.handle(recorded("binary.json", ada_id)).await;
+    assert_eq!(next(&mut ada)["code"], "bad_request");
+
+    assert_eq!(
+        harness
+            .chat
+            .handle(recorded("leave.json", ada_id))
+            .await
+            .status_code,
+        200
+    );
+    assert_eq!(next(&mut ada), json!({"type": "left", "room": "chat:1"}));
+    assert_eq!(next(&mut bo)["event"], "leave");
+
+    // disconnect.json (status 1001) for Bo, after Ada rejoined via join.json.
+    harness.chat.handle(recorded("join.json", ada_id)).await;
+    assert_eq!(next(&mut ada)["type"], "joined");
+    assert_eq!(next(&mut bo)["event"], "join");
+    let response = harness.chat.handle(recorded("disconnect.json", "bo")).await;
+    assert_eq!(response.status_code, 200);
+    let presence = next(&mut ada);
+    assert_eq!(
+        (presence["event"].as_str(), presence["count"].as_u64()),
+        (Some("leave"), Some(1))
+    );
+    assert!(
+        harness
+            .chat
+            .store()
+            .connection("bo")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    nothing(&mut ada);
+    nothing(&mut bo);
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_a_400_and_records_nothing() {
+    let harness = Harness::new().await;
+    let (status, _) = harness.connect("c1", &[("room", "has spaces")]).await;
+    assert_eq!(status, 400);
+    let (status, _) = harness.connect("c2", &[("room", "ok"), ("name", "")]).await;
+    assert_eq!(status, 400);
+    assert!(
+        harness
+            .chat
+            .store()
+            .connection("c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        harness
+            .chat
+            .store()
+            .room_members("ok")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn gone_connections_are_forgotten_and_announced() {
+    let harness = Harness::new().await;
+    let mut sockets = Vec::new();
+    for id in ["a", "b", "ghost"] {
+        let (_, frames) = harness.connect(id, &[("room", "r"), ("name", id)]).await;
+        sockets.push(frames);
+    }
+    // The ghost's socket vanishes without a $disconnect (API Gateway: 410).
+    harness.chat.pusher().close("ghost", 1006);
+    for frames in &mut sockets[..2] {
+        while frames.try_recv().is_ok() {}
+    }
+
+    assert_eq!(
+        harness
+            .send(
+                "a",
+                "sendmessage",
+                json!({"action": "sendmessage", "data": "hi"})
+            )
+            .await,
+        200
+    );
+    for frames in &mut sockets[..2] {
+        assert_eq!(next(frames)["type"], "message");
+        let presence = next(frames);
+        assert_eq!(
+            presence,
+            json!({"type": "presence", "event": "leave", "room": "r", "name": "ghost", "count": 2})
+        );
+    }
+    assert!(
+        harness
+            .chat
+            .store()
+            .connection("ghost")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_room_of_thousands_gets_every_message_once() {
+    let harness = Harness::new().await;
+    let (room, mut members) = (room_named("crowd"), Vec::new());
+    for i in 0..2000 {
+        let id = format!("m{i}");
+        let info = Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into()));
+        members.push(harness.chat.pusher().register(&id, info));
+        // Recorded straight in the store: 2000 joins would announce
+        // themselves to each other 2 million times.
+        let name = shared::Name::parse(&id).unwrap();
+        harness
+            .chat
+            .store()
+            .add_connection(&id, 1, Some((&room, &name)))
+            .await
+            .unwrap();
+    }
+    harness
+        .send(
+            "m0",
+            "sendmessage",
+            json!({"action": "sendmessage", "data": "to all"}),
+        )
+        .await;
+    for frames in &mut members {
+        assert_eq!(next(frames)["data"], "to all");
+        nothing(frames);
+    }
+}
+
+fn room_named(name: &str) -> shared::Room {
+    shared::Room::parse(name).unwrap()
+}

@@ -1,0 +1,245 @@
+//! The DynamoDB store against a real DynamoDB API (dynoxide).
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use backend::store::{Member, Store};
+use common::Dynamo;
+use shared::{ChatMessage, Name, Room};
+
+async fn store(dynamo: &Dynamo, page_size: Option<i32>) -> DynamoStore {
+    let store = DynamoStore::new(
+        dynamo.client.clone(),
+        StoreConfig {
+            page_size,
+            ..StoreConfig::default()
+        },
+    );
+    store.ensure_tables().await.unwrap();
+    store
+}
+
+fn room(name: &str) -> Room {
+    Room::parse(name).unwrap()
+}
+
+fn name(name: &str) -> Name {
+    Name::parse(name).unwrap()
+}
+
+fn message(room: &str, i: u64) -> ChatMessage {
+    ChatMessage {
+        id: format!("{:013}-{i:016x}", 1_700_000_000_000 + i),
+        room: room.into(),
+        name: "Ada".into(),
+        data: format!("message {i}"),
+        ts: 1_700_000_000_000 + i,
+    }
+}
+
+#[tokio::test]
+async fn room_members_follow_every_page() {
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, Some(3)).await;
+    for i in 0..10 {
+        let id = format!("conn-{i}");
+        store
+            .add_connection(&id, 1, Some((&room("big"), &name(&format!("user {i}")))))
+            .await
+            .unwrap();
+    }
+    store
+        .add_connection("other", 1, Some((&room("small"), &name("Bo"))))
+        .await
+        .unwrap();
+    store.add_connection("lobbyist", 1, None).await.unwrap();
+
+    let mut members = store.room_members("big").await.unwrap();
+    members.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    let expected: Vec<Member> = (0..10)
+        .map(|i| Member {
+            connection_id: format!("conn-{i}"),
+            name: format!("user {i}"),
+        })
+        .collect();
+    let mut expected = expected;
+    expected.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(members, expected, "10 members over pages of 3");
+    assert_eq!(store.room_members("small").await.unwrap().len(), 1);
+    assert!(store.room_members("empty").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn membership_changes_return_the_connection_as_it_was() {
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, None).await;
+    store.add_connection("c1", 42, None).await.unwrap();
+
+    let before = store
+        .join_room("c1", &room("one"), &name("Ada"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (before.room, before.name, before.connected_at),
+        (None, None, 42)
+    );
+    let before = store
+        .join_room("c1", &room("two"), &name("Ada"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.room.as_deref(), Some("one"));
+    assert!(store.room_members("one").await.unwrap().is_empty());
+    assert_eq!(store.room_members("two").await.unwrap().len(), 1);
+
+    let before = store.leave_room("c1").await.unwrap().unwrap();
+    assert_eq!(before.room.as_deref(), Some("two"));
+    assert!(store.room_members("two").await.unwrap().is_empty());
+    let now = store.connection("c1").await.unwrap().unwrap();
+    assert_eq!((now.room, now.name.as_deref()), (None, Some("Ada")));
+
+    // Unknown connections are reported, never created.
+    assert!(
+        store
+            .join_room("ghost", &room("one"), &name("X"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.leave_room("ghost").await.unwrap().is_none());
+    assert!(store.connection("ghost").await.unwrap().is_none());
+
+    assert!(store.remove_connection("c1").await.unwrap().is_some());
+    assert!(store.remove_connection("c1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn recent_messages_are_the_latest_oldest_first_across_pages() {
+    let dynamo = Dynamo::start().await;
+    for page_size in [None, Some(7)] {
+        let store = store(&dynamo, page_size).await;
+        let room_name = format!("history-{page_size:?}").replace(['(', ')', ' '], "");
+        // Saved out of order: the sort key, not arrival, decides.
+        let mut order: Vec<u64> = (0..60).collect();
+        order.reverse();
+        order.swap(3, 40);
+        for i in order {
+            store.save_message(&message(&room_name, i)).await.unwrap();
+        }
+        store
+            .save_message(&message(&format!("{room_name}-other"), 100))
+            .await
+            .unwrap();
+
+        let recent = store.recent_messages(&room_name, 50).await.unwrap();
+        let expected: Vec<ChatMessage> = (10..60).map(|i| message(&room_name, i)).collect();
+        assert_eq!(recent, expected, "page size {page_size:?}");
+        assert_eq!(
+            store.recent_messages(&room_name, 5).await.unwrap(),
+            expected[45..]
+        );
+        assert!(
+            store
+                .recent_messages("nothing-here", 50)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_id_is_never_overwritten() {
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, None).await;
+    store.save_message(&message("r", 1)).await.unwrap();
+    let mut clash = message("r", 1);
+    clash.data = "overwrite".into();
+    assert!(store.save_message(&clash).await.is_err());
+    assert_eq!(
+        store.recent_messages("r", 50).await.unwrap(),
+        [message("r", 1)]
+    );
+}
+
+#[tokio::test]
+async fn items_carry_a_ttl_and_the_tables_enable_it() {
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, None).await;
+    let now_ms = backend::chat::now_ms();
+    store.add_connection("c1", now_ms, None).await.unwrap();
+    let mut fresh = message("r", 1);
+    fresh.ts = now_ms;
+    store.save_message(&fresh).await.unwrap();
+
+    let config = StoreConfig::default();
+    let expiry = |item: &std::collections::HashMap<String, AttributeValue>| -> u64 {
+        item["expiresAt"].as_n().unwrap().parse().unwrap()
+    };
+    let connection = dynamo
+        .client
+        .get_item()
+        .table_name(&config.connections_table)
+        .key("connectionId", AttributeValue::S("c1".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        expiry(&connection),
+        now_ms / 1000 + config.connection_ttl.as_secs()
+    );
+    let saved = dynamo
+        .client
+        .get_item()
+        .table_name(&config.messages_table)
+        .key("room", AttributeValue::S("r".into()))
+        .key("id", AttributeValue::S(fresh.id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(expiry(&saved), now_ms / 1000 + config.message_ttl.as_secs());
+    assert!(config.message_ttl >= Duration::from_secs(24 * 3600));
+
+    for table in [&config.connections_table, &config.messages_table] {
+        let ttl = dynamo
+            .client
+            .describe_time_to_live()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap()
+            .time_to_live_description
+            .unwrap();
+        assert_eq!(ttl.attribute_name(), Some("expiresAt"));
+        assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    }
+}
+
+#[tokio::test]
+async fn reset_connections_forgets_every_connection_and_keeps_messages() {
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, None).await;
+    store
+        .add_connection("c1", 1, Some((&room("r"), &name("Ada"))))
+        .await
+        .unwrap();
+    store.save_message(&message("r", 1)).await.unwrap();
+    store.reset_connections().await.unwrap();
+    assert!(store.connection("c1").await.unwrap().is_none());
+    assert!(store.room_members("r").await.unwrap().is_empty());
+    assert_eq!(store.recent_messages("r", 50).await.unwrap().len(), 1);
+    // And the table works as before.
+    store
+        .add_connection("c2", 1, Some((&room("r"), &name("Bo"))))
+        .await
+        .unwrap();
+    assert_eq!(store.room_members("r").await.unwrap().len(), 1);
+}

@@ -1,0 +1,149 @@
+// Two people chat through the web app in real Chromium, against a real
+// chat-local serving the built front end.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.CHAT_LOCAL_BIN ?? 'target/debug/chat-local';
+const DIST = process.env.CHAT_DIST ?? 'dist';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const WAIT = { timeout: 15_000 };
+
+let dataDir;
+let server;
+let base;
+let browser;
+
+/** Starts chat-local on `addr` (a free port when omitted); resolves to its URL. */
+function startServer(addr = '127.0.0.1:0') {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, ['--addr', addr, '--data-dir', dataDir, '--dist', DIST], {
+      env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`chat-local did not start:\n${output}`)), 60_000);
+    child.stdout.on('data', (chunk) => {
+      output += chunk;
+      const found = output.match(/ready on (http:\/\/\S+)/);
+      if (found && timer) {
+        clearTimeout(timer);
+        resolve({ child, url: found[1] });
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`chat-local exited (${code}):\n${output}`)));
+  });
+}
+
+function stopServer(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', resolve);
+    child.kill('SIGINT');
+  });
+}
+
+before(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), 'chat-e2e-'));
+  const started = await startServer();
+  server = started.child;
+  base = started.url;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server) await stopServer(server);
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function openAs(name, room) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('pageerror', (error) => console.error(`[${name}] page error:`, error));
+  await page.goto(base);
+  await page.getByLabel('Name').fill(name);
+  await page.getByLabel('Room').fill(room);
+  await page.getByRole('button', { name: 'Join' }).click();
+  await page.getByRole('log').waitFor(WAIT);
+  return page;
+}
+
+const members = (page) => page.getByRole('list', { name: 'Members' });
+const log = (page) => page.getByRole('log');
+
+test('two people chat through the UI', async () => {
+  const ada = await openAs('Ada', 'e2e-room');
+  await members(ada).getByText('Ada', { exact: true }).waitFor(WAIT);
+  assert.equal(new URL(ada.url()).hash, '#e2e-room', 'the room is in the URL fragment');
+
+  const bo = await openAs('Bo', 'e2e-room');
+  await members(bo).getByText('Ada', { exact: true }).waitFor(WAIT);
+  await members(ada).getByText('Bo', { exact: true }).waitFor(WAIT);
+  await log(ada).getByText('Bo joined').waitFor(WAIT);
+
+  // Enter sends and clears the field; markup arrives as text, never as HTML.
+  const text = 'Hello <b>Bo</b> & <img src=x onerror=alert(1)>';
+  await ada.getByLabel('Message').fill(text);
+  await ada.getByLabel('Message').press('Enter');
+  await log(bo).getByText(text, { exact: true }).waitFor(WAIT);
+  assert.equal(await ada.getByLabel('Message').inputValue(), '');
+  assert.equal(await log(bo).locator('b, img').count(), 0);
+  const own = log(ada).locator('.message', { hasText: text });
+  await own.waitFor(WAIT);
+  assert.match(await own.getAttribute('class'), /\bmine\b/, 'own messages stand out');
+  assert.doesNotMatch(
+    await log(bo).locator('.message', { hasText: text }).getAttribute('class'),
+    /\bmine\b/,
+  );
+
+  await bo.getByLabel('Message').fill('Hi Ada!');
+  await bo.getByRole('button', { name: 'Send' }).click();
+  await log(ada).getByText('Hi Ada!', { exact: true }).waitFor(WAIT);
+
+  // Leaving returns to the lobby; the other side sees it.
+  await bo.getByRole('button', { name: 'Leave' }).click();
+  await bo.getByRole('button', { name: 'Join' }).waitFor(WAIT);
+  await log(ada).getByText('Bo left').waitFor(WAIT);
+  await members(ada).getByText('Bo', { exact: true }).waitFor({ state: 'detached', ...WAIT });
+
+  // Rejoining shows the history.
+  await bo.getByRole('button', { name: 'Join' }).click();
+  await log(bo).getByText('Hi Ada!', { exact: true }).waitFor(WAIT);
+  await log(bo).getByText(text, { exact: true }).waitFor(WAIT);
+
+  await ada.context().close();
+  await bo.context().close();
+});
+
+test('a shared link opens the room, and a restart is survived', async () => {
+  const ada = await openAs('Ada', 'shared-room');
+  // Another tab with the link and a remembered name goes straight in.
+  const second = await ada.context().newPage();
+  await second.goto(`${base}/#shared-room`);
+  await log(second).waitFor(WAIT);
+  await log(ada).getByText('Ada joined').waitFor(WAIT);
+
+  // The server goes away and comes back on the same address.
+  const addr = new URL(base).host;
+  await stopServer(server);
+  await ada.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+  const restarted = await startServer(addr);
+  server = restarted.child;
+  await ada.getByText('Connected').waitFor({ timeout: 30_000 });
+  await second.getByText('Connected').waitFor({ timeout: 30_000 });
+
+  // Both tabs rejoined on their own.
+  await ada.getByLabel('Message').fill('after the restart');
+  await ada.getByLabel('Message').press('Enter');
+  await log(second).getByText('after the restart', { exact: true }).waitFor(WAIT);
+  await ada.context().close();
+});

@@ -1,0 +1,182 @@
+//! What the app knows, as signals, and how each server frame changes it.
+
+use std::collections::HashSet;
+
+use leptos::prelude::*;
+use shared::{ChatMessage, ErrorCode, HistoryEntry, Name, PresenceEvent, Room, ServerFrame};
+
+/// The log keeps this many entries; older ones scroll away for good.
+const LOG_LIMIT: usize = 500;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Online,
+    /// Waiting to reconnect; the number is seconds until the next attempt.
+    Offline(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Message(ChatMessage),
+    Notice { key: u64, text: String, ts: u64 },
+}
+
+impl Entry {
+    pub fn key(&self) -> String {
+        match self {
+            Self::Message(message) => message.id.clone(),
+            Self::Notice { key, .. } => format!("notice-{key}"),
+        }
+    }
+}
+
+/// The room this tab is in, as the server confirmed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub room: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy)]
+pub struct ChatState {
+    pub status: RwSignal<Status>,
+    /// Where the user wants to be; the socket (re)joins it on every connect.
+    pub target: RwSignal<Option<(Room, Name)>>,
+    pub joined: RwSignal<Option<Membership>>,
+    pub members: RwSignal<Vec<String>>,
+    pub count: RwSignal<usize>,
+    pub log: RwSignal<Vec<Entry>>,
+    /// The latest error from the server, shown until the next action.
+    pub error: RwSignal<Option<String>>,
+    seen: StoredValue<HashSet<String>>,
+    notices: StoredValue<u64>,
+}
+
+impl ChatState {
+    pub fn new() -> Self {
+        Self {
+            status: RwSignal::new(Status::Connecting),
+            target: RwSignal::new(None),
+            joined: RwSignal::new(None),
+            members: RwSignal::new(Vec::new()),
+            count: RwSignal::new(0),
+            log: RwSignal::new(Vec::new()),
+            error: RwSignal::new(None),
+            seen: StoredValue::new(HashSet::new()),
+            notices: StoredValue::new(0),
+        }
+    }
+
+    pub fn apply(&self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Joined {
+                room,
+                name,
+                members,
+                count,
+                history,
+            } => {
+                let same_room = self
+                    .joined
+                    .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room));
+                if !same_room {
+                    self.log.set(Vec::new());
+                    self.seen.update_value(HashSet::clear);
+                }
+                self.joined.set(Some(Membership { room, name }));
+                self.members.set(members);
+                self.count.set(count);
+                self.error.set(None);
+                // After a reconnect this fills in what was missed; what was
+                // already shown is skipped by id.
+                for HistoryEntry::Message(message) in history {
+                    self.add_message(message);
+                }
+            }
+            ServerFrame::Message(message) => {
+                if self.is_current_room(&message.room) {
+                    self.add_message(message);
+                }
+            }
+            ServerFrame::Presence {
+                event,
+                room,
+                name,
+                count,
+            } => {
+                if !self.is_current_room(&room) {
+                    return;
+                }
+                self.members.update(|members| match event {
+                    PresenceEvent::Join => members.push(name.clone()),
+                    PresenceEvent::Leave => {
+                        if let Some(at) = members.iter().position(|m| *m == name) {
+                            members.remove(at);
+                        }
+                    }
+                });
+                self.count.set(count);
+                let verb = match event {
+                    PresenceEvent::Join => "joined",
+                    PresenceEvent::Leave => "left",
+                };
+                self.add_notice(format!("{name} {verb}"));
+            }
+            ServerFrame::Left { room } => {
+                if self.is_current_room(&room) {
+                    self.clear_room();
+                }
+            }
+            ServerFrame::Error { code, message } => {
+                if matches!(code, ErrorCode::InvalidRoom | ErrorCode::InvalidName) {
+                    self.target.set(None);
+                }
+                self.error.set(Some(message));
+            }
+            ServerFrame::Pong => {}
+        }
+    }
+
+    pub fn clear_room(&self) {
+        self.joined.set(None);
+        self.members.set(Vec::new());
+        self.count.set(0);
+        self.log.set(Vec::new());
+        self.seen.update_value(HashSet::clear);
+    }
+
+    pub fn add_notice(&self, text: String) {
+        let key = self.notices.get_value();
+        self.notices.set_value(key + 1);
+        self.push(Entry::Notice {
+            key,
+            text,
+            ts: crate::browser::now_ms(),
+        });
+    }
+
+    fn is_current_room(&self, room: &str) -> bool {
+        self.joined
+            .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room))
+    }
+
+    fn add_message(&self, message: ChatMessage) {
+        let fresh = self
+            .seen
+            .try_update_value(|seen| seen.insert(message.id.clone()))
+            .unwrap_or(false);
+        if fresh {
+            self.push(Entry::Message(message));
+        }
+    }
+
+    fn push(&self, entry: Entry) {
+        self.log.update(|log| {
+            log.push(entry);
+            if log.len() > LOG_LIMIT {
+                log.drain(..log.len() - LOG_LIMIT);
+            }
+        });
+    }
+}

@@ -1,0 +1,60 @@
+use leptos::ev::SubmitEvent;
+use leptos::prelude::*;
+use shared::limits::{NAME_MAX_CHARS, ROOM_MAX_LEN};
+use shared::{Name, Room};
+
+use super::{Chat, ConnectionStatus};
+use crate::browser;
+use crate::state::Status;
+
+/// Pick a name and a room. Both are checked here with the same rules the
+/// server applies, so mistakes show before anything is sent.
+#[component]
+pub fn Lobby() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let state = chat.state;
+    let name = RwSignal::new(browser::remembered_name().unwrap_or_default());
+    let room = RwSignal::new(browser::room_in_fragment().unwrap_or_else(|| "lobby".into()));
+    let problem = RwSignal::new(None::<String>);
+    let joining = move || state.target.with(Option::is_some) && state.joined.with(Option::is_none);
+
+    let submit = move |event: SubmitEvent| {
+        event.prevent_default();
+        let checked = Name::parse(&name.get_untracked())
+            .and_then(|n| Room::parse(room.get_untracked().trim()).map(|r| (r, n)));
+        match checked {
+            Ok((room, name)) => {
+                problem.set(None);
+                chat.join(room, name);
+            }
+            Err(error) => problem.set(Some(error.message)),
+        }
+    };
+    let shown_error = move || problem.get().or_else(|| state.error.get());
+
+    view! {
+        <main class="lobby">
+            <form class="card" on:submit=submit>
+                <header>
+                    <h1>"Chat rooms"</h1>
+                    <p class="subtitle">"Pick a name and any room. Everyone in the room sees what you write, as you write it."</p>
+                </header>
+                <label for="name">"Name"</label>
+                <input id="name" name="name" autocomplete="nickname" placeholder="Ada"
+                    maxlength=NAME_MAX_CHARS.to_string() required bind:value=name />
+                <label for="room">"Room"</label>
+                <input id="room" name="room" placeholder="lobby" maxlength=ROOM_MAX_LEN.to_string()
+                    pattern="[A-Za-z0-9_.:\\-]+" title="Letters, digits, '_', '.', ':' or '-'"
+                    required bind:value=room />
+                <p class="hint">"Rooms: letters, digits and _ . : - (up to 64)."</p>
+                <Show when=move || shown_error().is_some()>
+                    <p class="error" role="alert">{shown_error}</p>
+                </Show>
+                <button type="submit" disabled=move || state.status.get() != Status::Online || joining()>
+                    {move || if joining() { "Joining…" } else { "Join" }}
+                </button>
+                <footer><ConnectionStatus /></footer>
+            </form>
+        </main>
+    }
+}
