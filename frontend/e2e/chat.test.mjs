@@ -79,6 +79,7 @@ async function openAs(name, room) {
 
 const members = (page) => page.getByRole('list', { name: 'Members' });
 const log = (page) => page.getByRole('log');
+const messageField = (page) => page.getByRole('textbox', { name: 'Message' });
 
 test('two people chat through the UI', async () => {
   const ada = await openAs('Ada', 'e2e-room');
@@ -92,10 +93,10 @@ test('two people chat through the UI', async () => {
 
   // Enter sends and clears the field; markup arrives as text, never as HTML.
   const text = 'Hello <b>Bo</b> & <img src=x onerror=alert(1)>';
-  await ada.getByLabel('Message').fill(text);
-  await ada.getByLabel('Message').press('Enter');
+  await messageField(ada).fill(text);
+  await messageField(ada).press('Enter');
   await log(bo).getByText(text, { exact: true }).waitFor(WAIT);
-  assert.equal(await ada.getByLabel('Message').inputValue(), '');
+  assert.equal(await messageField(ada).inputValue(), '');
   assert.equal(await log(bo).locator('b, img').count(), 0);
   const own = log(ada).locator('.message', { hasText: text });
   await own.waitFor(WAIT);
@@ -105,7 +106,7 @@ test('two people chat through the UI', async () => {
     /\bmine\b/,
   );
 
-  await bo.getByLabel('Message').fill('Hi Ada!');
+  await messageField(bo).fill('Hi Ada!');
   await bo.getByRole('button', { name: 'Send' }).click();
   await log(ada).getByText('Hi Ada!', { exact: true }).waitFor(WAIT);
 
@@ -142,8 +143,8 @@ test('a shared link opens the room, and a restart is survived', async () => {
   await second.getByText('Connected').waitFor({ timeout: 30_000 });
 
   // Both tabs rejoined on their own.
-  await ada.getByLabel('Message').fill('after the restart');
-  await ada.getByLabel('Message').press('Enter');
+  await messageField(ada).fill('after the restart');
+  await messageField(ada).press('Enter');
   await log(second).getByText('after the restart', { exact: true }).waitFor(WAIT);
   await ada.context().close();
 });

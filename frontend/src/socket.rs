@@ -11,6 +11,8 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::Deserialize;
 use shared::{ClientFrame, ServerFrame};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
 
 use crate::state::{ChatState, Status};
 
@@ -41,10 +43,10 @@ async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>) {
     let mut failures = 0u32;
     loop {
         state.status.set(Status::Connecting);
-        if let Ok(socket) = WebSocket::open(&url) {
-            if session(&state, socket, &mut queue).await {
-                failures = 0;
-            }
+        if let Ok(socket) = WebSocket::open(&url)
+            && session(&state, socket, &mut queue).await
+        {
+            failures = 0;
         }
         failures += 1;
         let delay = retry_delay(failures);
@@ -73,15 +75,14 @@ async fn session(
     }
     state.status.set(Status::Online);
     // What was queued while offline is stale by now.
-    while let Ok(Some(_)) = queue.try_next() {}
-    if let Some((room, name)) = state.target.get_untracked() {
-        if write
+    while queue.try_recv().is_ok() {}
+    if let Some((room, name)) = state.target.get_untracked()
+        && write
             .send(text(&ClientFrame::Join { room, name }))
             .await
             .is_err()
-        {
-            return true;
-        }
+    {
+        return true;
     }
     loop {
         select! {
@@ -126,14 +127,20 @@ async fn websocket_url() -> String {
         websocket_url: String,
     }
     let configured = async {
-        let response = gloo_net::http::Request::get("config.json")
-            .send()
+        let window = web_sys::window()?;
+        let response: web_sys::Response = JsFuture::from(window.fetch_with_str("config.json"))
             .await
+            .ok()?
+            .dyn_into()
             .ok()?;
         if !response.ok() {
             return None;
         }
-        response.json::<Config>().await.ok()
+        let text = JsFuture::from(response.text().ok()?)
+            .await
+            .ok()?
+            .as_string()?;
+        serde_json::from_str::<Config>(&text).ok()
     };
     match configured.await {
         Some(config) if !config.websocket_url.is_empty() => config.websocket_url,

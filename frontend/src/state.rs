@@ -44,6 +44,8 @@ pub struct ChatState {
     /// Where the user wants to be; the socket (re)joins it on every connect.
     pub target: RwSignal<Option<(Room, Name)>>,
     pub joined: RwSignal<Option<Membership>>,
+    /// The room last left, offered again in the lobby.
+    pub last_room: RwSignal<Option<String>>,
     pub members: RwSignal<Vec<String>>,
     pub count: RwSignal<usize>,
     pub log: RwSignal<Vec<Entry>>,
@@ -59,6 +61,7 @@ impl ChatState {
             status: RwSignal::new(Status::Connecting),
             target: RwSignal::new(None),
             joined: RwSignal::new(None),
+            last_room: RwSignal::new(None),
             members: RwSignal::new(Vec::new()),
             count: RwSignal::new(0),
             log: RwSignal::new(Vec::new()),
@@ -139,6 +142,9 @@ impl ChatState {
     }
 
     pub fn clear_room(&self) {
+        if let Some(joined) = self.joined.get_untracked() {
+            self.last_room.set(Some(joined.room));
+        }
         self.joined.set(None);
         self.members.set(Vec::new());
         self.count.set(0);

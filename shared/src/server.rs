@@ -3,8 +3,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A frame from the server, tagged by its `type` field.
+///
+/// Parsed through [`WireFrame`], a flat struct: serde's derive for internally
+/// tagged enums buffers every field into an intermediate tree, which costs
+/// the browser's WebAssembly tens of kilobytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "WireFrame")]
 pub enum ServerFrame {
     /// To the joiner only: who is here and what was said lately.
     Joined {
@@ -55,9 +59,79 @@ pub struct ChatMessage {
 /// One past message in a `joined` frame, shaped exactly like a `message` frame
 /// (`type` included) so a client can render both with the same code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", from = "ChatMessage")]
 pub enum HistoryEntry {
     Message(ChatMessage),
+}
+
+impl From<ChatMessage> for HistoryEntry {
+    fn from(message: ChatMessage) -> Self {
+        Self::Message(message)
+    }
+}
+
+/// Every field any server frame has, for parsing without buffering.
+#[derive(Deserialize)]
+struct WireFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    room: Option<String>,
+    name: Option<String>,
+    members: Option<Vec<String>>,
+    count: Option<usize>,
+    history: Option<Vec<ChatMessage>>,
+    id: Option<String>,
+    data: Option<String>,
+    ts: Option<u64>,
+    event: Option<PresenceEvent>,
+    code: Option<ErrorCode>,
+    message: Option<String>,
+}
+
+impl TryFrom<WireFrame> for ServerFrame {
+    type Error = String;
+
+    fn try_from(wire: WireFrame) -> Result<Self, String> {
+        let kind = wire.kind;
+        let missing = |field: &str| format!("{kind} frame without {field}");
+        macro_rules! take {
+            ($field:ident) => {
+                wire.$field.ok_or_else(|| missing(stringify!($field)))?
+            };
+        }
+        Ok(match kind.as_str() {
+            "joined" => Self::Joined {
+                room: take!(room),
+                name: take!(name),
+                members: take!(members),
+                count: take!(count),
+                history: take!(history)
+                    .into_iter()
+                    .map(HistoryEntry::Message)
+                    .collect(),
+            },
+            "message" => Self::Message(ChatMessage {
+                id: take!(id),
+                room: take!(room),
+                name: take!(name),
+                data: take!(data),
+                ts: take!(ts),
+            }),
+            "presence" => Self::Presence {
+                event: take!(event),
+                room: take!(room),
+                name: take!(name),
+                count: take!(count),
+            },
+            "left" => Self::Left { room: take!(room) },
+            "error" => Self::Error {
+                code: take!(code),
+                message: take!(message),
+            },
+            "pong" => Self::Pong,
+            _ => return Err(format!("unknown frame type {kind:?}")),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

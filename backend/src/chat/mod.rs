@@ -203,11 +203,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         let rejoin = previous.room.as_deref() == Some(room.as_str())
             && previous.name.as_deref() == Some(name.as_str());
-        if !rejoin {
-            if let (Some(old_room), Some(old_name)) = (&previous.room, &previous.name) {
-                self.announce_leave(connection_id, old_room, old_name)
-                    .await?;
-            }
+        if let (false, Some(old_room), Some(old_name)) = (rejoin, &previous.room, &previous.name) {
+            self.announce_leave(connection_id, old_room, old_name)
+                .await?;
         }
 
         // Membership is written before history is read, and a sender saves a

@@ -14,7 +14,11 @@ pub fn Lobby() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     let name = RwSignal::new(browser::remembered_name().unwrap_or_default());
-    let room = RwSignal::new(browser::room_in_fragment().unwrap_or_else(|| "lobby".into()));
+    let room = RwSignal::new(
+        browser::room_in_fragment()
+            .or_else(|| state.last_room.get_untracked())
+            .unwrap_or_else(|| "lobby".into()),
+    );
     let problem = RwSignal::new(None::<String>);
     let joining = move || state.target.with(Option::is_some) && state.joined.with(Option::is_none);
 
@@ -37,7 +41,7 @@ pub fn Lobby() -> impl IntoView {
             <form class="card" on:submit=submit>
                 <header>
                     <h1>"Chat rooms"</h1>
-                    <p class="subtitle">"Pick a name and any room. Everyone in the room sees what you write, as you write it."</p>
+                    <p class="subtitle">"Pick a name and any room. Everyone in the room sees your messages the moment you send them."</p>
                 </header>
                 <label for="name">"Name"</label>
                 <input id="name" name="name" autocomplete="nickname" placeholder="Ada"

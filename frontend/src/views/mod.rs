@@ -59,10 +59,10 @@ pub fn App() -> impl IntoView {
             return;
         };
         let current = on_hash_change.state.target.get_untracked();
-        if let Some((current_room, name)) = current {
-            if current_room != room {
-                on_hash_change.join(room, name);
-            }
+        if let Some((current_room, name)) = current
+            && current_room != room
+        {
+            on_hash_change.join(room, name);
         }
     });
 

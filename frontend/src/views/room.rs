@@ -63,7 +63,7 @@ fn MessageLog() -> impl IntoView {
     });
 
     view! {
-        <ol class="log" role="log" aria-label="Messages" aria-live="polite" node_ref=log_ref>
+        <ol class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref>
             <Show when=move || state.log.with(Vec::is_empty)>
                 <li class="empty">"No messages yet. Say hello!"</li>
             </Show>
@@ -146,7 +146,7 @@ fn MemberList() -> impl IntoView {
                 <For each=sorted key=|(i, name)| format!("{i}-{name}") let:member>
                     <li>
                         <span class="avatar" aria-hidden="true">{initial(&member.1)}</span>
-                        {member.1.clone()}
+                        <span class="member-name">{member.1.clone()}</span>
                     </li>
                 </For>
             </ul>
