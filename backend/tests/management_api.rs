@@ -4,29 +4,10 @@
 
 mod common;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use futures::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The connection ids in `room`, read from the store as fan-out reads them.
-async fn connection_ids(dynamo: &Dynamo, room: &str) -> Vec<String> {
-    let page = dynamo
-        .client
-        .query()
-        .table_name("chat-connections")
-        .index_name("room-index")
-        .key_condition_expression("room = :room")
-        .expression_attribute_values(":room", AttributeValue::S(room.into()))
-        .send()
-        .await
-        .unwrap();
-    page.items()
-        .iter()
-        .map(|item| item["connectionId"].as_s().unwrap().clone())
-        .collect()
-}
 
 async fn start(dynamo: &Dynamo, dir: &std::path::Path) -> Server {
     Server::start_with(Options {
@@ -135,4 +116,115 @@ async fn a_failing_store_is_an_internal_error_and_the_socket_survives() {
         "no internals leak"
     );
     expect_alive(&mut ada).await;
+}
+
+/// The Lambda functions' pusher, with the real SDK client, against
+/// chat-local's Management API.
+mod apigw_pusher {
+    use super::*;
+    use backend::pusher::apigw::{ManagementApi, PostPolicy};
+    use backend::pusher::{Frame, PushError, Pusher};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn policy() -> PostPolicy {
+        PostPolicy {
+            connect_timeout: Duration::from_millis(500),
+            attempt_timeout: Duration::from_millis(700),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn posts_to_live_connections_and_reports_gone_ones() {
+        let dynamo = Dynamo::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(&dynamo, dir.path()).await;
+        let (mut ada, _) = server.join("sdk", "Ada").await;
+        let ada_id = connection_ids(&dynamo, "sdk").await.remove(0);
+
+        // As on AWS: the endpoint is https://{domain}/{stage}, here chat-local.
+        let api = ManagementApi::new(local_sdk_config(), Some(server.http("/local")), policy());
+        let pusher = api.pusher(&server.http("/local"));
+        let frame = Frame::from(r#"{"type":"pong"}"#.to_owned());
+        pusher.push(&ada_id, frame.clone()).await.unwrap();
+        assert_eq!(expect(&mut ada, "pong").await, json!({"type": "pong"}));
+
+        match pusher.push("no-such-connection", frame).await {
+            Err(PushError::Gone) => {}
+            other => panic!("expected Gone, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_that_hangs_times_out() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/prod", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let api = ManagementApi::new(local_sdk_config(), None, policy());
+        let started = Instant::now();
+        let result = api
+            .pusher(&endpoint)
+            .push("abc", Frame::from("{}".to_owned()))
+            .await;
+        assert!(matches!(result, Err(PushError::Failed(_))), "{result:?}");
+        // One attempt: a post that timed out may have been delivered, so it
+        // is not retried (no duplicates).
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(3),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttled_posts_are_retried_with_backoff() {
+        // Answers LimitExceededException twice, then accepts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/prod", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let Ok(read) = socket.read(&mut buffer).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let response = if n < 2 {
+                            let body = r#"{"message":"slow down"}"#;
+                            format!(
+                                "HTTP/1.1 429 Too Many Requests\r\nx-amzn-errortype: LimitExceededException\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                        };
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let api = ManagementApi::new(local_sdk_config(), None, policy());
+        api.pusher(&endpoint)
+            .push("abc", Frame::from("{}".to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use axum::Router;
 use axum::routing::get;
 use backend::chat::{Chat, ChatConfig};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
-use backend::local::gateway::{Gateway, GatewayConfig};
+use backend::local::gateway::{Gateway, GatewayConfig, Integration};
+use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
 use backend::local::management;
 use backend::pusher::local::LocalPusher;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
@@ -56,6 +57,18 @@ struct Args {
     /// Longest a connection may last (API Gateway's limit is 2 hours).
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     max_connection_duration: Duration,
+    /// Where the embedded DynamoDB listens (a fixed port lets Lambda
+    /// functions run by `cargo lambda watch` reach it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    dynamodb_listen: SocketAddr,
+    /// Invoke Lambda functions through this Lambda Invoke API (`cargo lambda
+    /// watch -A 127.0.0.1` serves one on port 9000) instead of running the
+    /// handlers in process.
+    #[arg(long, env = "LAMBDA_ENDPOINT")]
+    lambda_endpoint: Option<String>,
+    /// The SAM template that says which function serves which route.
+    #[arg(long, default_value = "template.yaml")]
+    template: PathBuf,
 }
 
 #[tokio::main]
@@ -73,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let (client, embedded) = match &args.dynamodb_endpoint {
         Some(endpoint) => (external_client(endpoint).await, None),
         None => {
-            let embedded = EmbeddedDynamo::start(&args.data_dir).await?;
+            let embedded = EmbeddedDynamo::start(&args.data_dir, args.dynamodb_listen).await?;
             (local_client(&embedded.endpoint), Some(embedded))
         }
     };
@@ -94,25 +107,60 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot clear the connections of a previous run")?;
 
-    // The handlers, pushing straight into the sockets this process holds.
+    let gateway_config = GatewayConfig {
+        ping_interval: args.ping_interval,
+        idle_timeout: args.idle_timeout,
+        max_connection_duration: args.max_connection_duration,
+        ..GatewayConfig::default()
+    };
     let sockets = LocalPusher::default();
-    let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
-    let gateway = Arc::new(Gateway::new(
-        chat,
-        sockets,
-        GatewayConfig {
-            ping_interval: args.ping_interval,
-            idle_timeout: args.idle_timeout,
-            max_connection_duration: args.max_connection_duration,
-            ..GatewayConfig::default()
-        },
-    ));
-
-    // The routes: API Gateway's two faces, a health check and the web app.
-    if !args.dist.join("index.html").is_file() {
-        tracing::warn!(dist = %args.dist.display(), "no built front end here; run `trunk build --release`");
+    match &args.lambda_endpoint {
+        // The real Lambda binaries, invoked as API Gateway would.
+        Some(endpoint) => {
+            let routes = LambdaRoutes::from_template_file(&args.template)?;
+            tracing::info!(endpoint, template = %args.template.display(), "routing events to Lambda functions");
+            let gateway_config = GatewayConfig {
+                routes: routes.action_routes(),
+                ..gateway_config
+            };
+            let invoker = LambdaInvoker::new(endpoint, routes);
+            serve(
+                Gateway::new(invoker, sockets, gateway_config),
+                &args.addr,
+                &args.dist,
+            )
+            .await?;
+        }
+        // The handlers in this process, pushing straight into its sockets.
+        None => {
+            let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
+            serve(
+                Gateway::new(chat, sockets, gateway_config),
+                &args.addr,
+                &args.dist,
+            )
+            .await?;
+        }
     }
-    let web_app = ServeDir::new(&args.dist).fallback(ServeFile::new(args.dist.join("index.html")));
+
+    if let Some(embedded) = embedded {
+        embedded.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Serves API Gateway's two faces, a health check and the web app until
+/// Ctrl-C, then closes every socket.
+async fn serve<I: Integration>(
+    gateway: Gateway<I>,
+    addr: &SocketAddr,
+    dist: &Path,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(gateway);
+    if !dist.join("index.html").is_file() {
+        tracing::warn!(dist = %dist.display(), "no built front end here; run `trunk build --release`");
+    }
+    let web_app = ServeDir::new(dist).fallback(ServeFile::new(dist.join("index.html")));
     let app = Router::new()
         .route("/ws", get(Gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -131,9 +179,9 @@ async fn main() -> anyhow::Result<()> {
         .fallback_service(web_app)
         .with_state(Arc::clone(&gateway));
 
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+        .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!("chat-local ready on http://{}", listener.local_addr()?);
     axum::serve(
         listener,
@@ -144,10 +192,6 @@ async fn main() -> anyhow::Result<()> {
 
     tracing::info!("shutting down");
     gateway.shut_down(Duration::from_secs(5)).await;
-    drop(gateway);
-    if let Some(embedded) = embedded {
-        embedded.shutdown().await;
-    }
     Ok(())
 }
 

@@ -125,8 +125,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 )
                 .await?;
             if let Some((room, name)) = &membership {
-                self.announce_join(connection_id, room.as_str(), name.as_str())
-                    .await?;
+                self.announce(
+                    connection_id,
+                    room.as_str(),
+                    name.as_str(),
+                    PresenceEvent::Join,
+                )
+                .await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -204,7 +209,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let rejoin = previous.room.as_deref() == Some(room.as_str())
             && previous.name.as_deref() == Some(name.as_str());
         if let (false, Some(old_room), Some(old_name)) = (rejoin, &previous.room, &previous.name) {
-            self.announce_leave(connection_id, old_room, old_name)
+            self.announce(connection_id, old_room, old_name, PresenceEvent::Leave)
                 .await?;
         }
 
@@ -224,14 +229,14 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history);
         self.push_one(connection_id, frame).await;
         if !rejoin {
-            let presence = ServerFrame::Presence {
-                event: PresenceEvent::Join,
-                room: room.as_str().to_owned(),
-                name: name.as_str().to_owned(),
-                count: others.len() + 1,
-            };
+            let presence = presence_frame(
+                PresenceEvent::Join,
+                room.as_str(),
+                name.as_str(),
+                others.len() + 1,
+            );
             let recipients: Vec<&str> = others.iter().map(|m| m.connection_id.as_str()).collect();
-            self.broadcast(&recipients, &presence).await;
+            self.deliver(&recipients, presence).await;
         }
         tracing::info!(connection_id, room = room.as_str(), rejoin, "joined");
         Ok(())
@@ -259,7 +264,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let recipients: Vec<&str> = std::iter::once(connection_id)
             .chain(others(&members, connection_id).map(|m| m.connection_id.as_str()))
             .collect();
-        self.broadcast(&recipients, &frame).await;
+        self.deliver(&recipients, Frame::from(&frame)).await;
         tracing::debug!(
             connection_id,
             room,
@@ -276,7 +281,8 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         self.reply(connection_id, &ServerFrame::Left { room: room.clone() })
             .await;
-        self.announce_leave(connection_id, &room, &name).await?;
+        self.announce(connection_id, &room, &name, PresenceEvent::Leave)
+            .await?;
         tracing::info!(connection_id, room, "left");
         Ok(())
     }
@@ -287,95 +293,79 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             return Ok(());
         };
         if let Some((room, name)) = previous.room.zip(previous.name) {
-            self.announce_leave(connection_id, &room, &name).await?;
+            self.announce(connection_id, &room, &name, PresenceEvent::Leave)
+                .await?;
         }
         Ok(())
     }
 
-    async fn announce_join(
+    /// Tells the others in `room` that `name` came or went.
+    async fn announce(
         &self,
         connection_id: &str,
         room: &str,
         name: &str,
+        event: PresenceEvent,
     ) -> Result<(), StoreError> {
-        let members = self.store.room_members(room).await?;
-        let others: Vec<&str> = others(&members, connection_id)
-            .map(|m| m.connection_id.as_str())
-            .collect();
-        let presence = ServerFrame::Presence {
-            event: PresenceEvent::Join,
-            room: room.to_owned(),
-            name: name.to_owned(),
-            count: others.len() + 1,
-        };
-        self.broadcast(&others, &presence).await;
+        let (recipients, frame) = self.presence(connection_id, room, name, event).await?;
+        let recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+        self.deliver(&recipients, frame).await;
         Ok(())
     }
 
-    async fn announce_leave(
+    /// The members of `room` other than `connection_id`, and the presence
+    /// frame that tells them of `event` (counting the members after it).
+    async fn presence(
         &self,
         connection_id: &str,
         room: &str,
         name: &str,
-    ) -> Result<(), StoreError> {
+        event: PresenceEvent,
+    ) -> Result<(Vec<String>, Frame), StoreError> {
         let members = self.store.room_members(room).await?;
-        let remaining: Vec<&str> = others(&members, connection_id)
-            .map(|m| m.connection_id.as_str())
+        let recipients: Vec<String> = others(&members, connection_id)
+            .map(|m| m.connection_id.clone())
             .collect();
-        let presence = ServerFrame::Presence {
-            event: PresenceEvent::Leave,
-            room: room.to_owned(),
-            name: name.to_owned(),
-            count: remaining.len(),
-        };
-        self.broadcast(&remaining, &presence).await;
-        Ok(())
+        let count = recipients.len() + usize::from(event == PresenceEvent::Join);
+        let frame = presence_frame(event, room, name, count);
+        Ok((recipients, frame))
     }
 
     /// Sends one frame, serialized once, to every recipient at once, then
     /// forgets the recipients that turned out to be gone, telling their rooms.
-    async fn broadcast(&self, recipients: &[&str], frame: &ServerFrame) {
-        let frame = Frame::from(frame);
+    async fn deliver(&self, recipients: &[&str], frame: Frame) {
         let mut gone = fan_out(&self.pusher, recipients, &frame, self.config.max_in_flight).await;
         // Telling a room about one gone member can reveal more; the loop ends
         // because each connection can be removed only once.
         while let Some(connection_id) = gone.pop() {
-            let previous = match self.store.remove_connection(&connection_id).await {
-                Ok(previous) => previous,
-                Err(error) => {
-                    tracing::warn!(connection_id, %error, "could not forget a gone connection");
-                    continue;
-                }
-            };
-            tracing::info!(connection_id, "forgot a gone connection");
-            let Some((room, name)) = previous.and_then(|c| c.room.zip(c.name)) else {
-                continue;
-            };
-            let members = match self.store.room_members(&room).await {
-                Ok(members) => members,
-                Err(error) => {
-                    tracing::warn!(%error, room, "could not announce a gone connection");
-                    continue;
-                }
-            };
-            let remaining: Vec<&str> = others(&members, &connection_id)
-                .map(|m| m.connection_id.as_str())
-                .collect();
-            let presence = Frame::from(&ServerFrame::Presence {
-                event: PresenceEvent::Leave,
-                room,
-                name,
-                count: remaining.len(),
-            });
-            gone.extend(
-                fan_out(
-                    &self.pusher,
-                    &remaining,
-                    &presence,
-                    self.config.max_in_flight,
+            let told = async {
+                let Some(previous) = self.store.remove_connection(&connection_id).await? else {
+                    return Ok(Vec::new());
+                };
+                tracing::info!(connection_id, "forgot a gone connection");
+                let Some((room, name)) = previous.room.zip(previous.name) else {
+                    return Ok(Vec::new());
+                };
+                let (recipients, presence) = self
+                    .presence(&connection_id, &room, &name, PresenceEvent::Leave)
+                    .await?;
+                let recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+                Ok::<_, StoreError>(
+                    fan_out(
+                        &self.pusher,
+                        &recipients,
+                        &presence,
+                        self.config.max_in_flight,
+                    )
+                    .await,
                 )
-                .await,
-            );
+            };
+            match told.await {
+                Ok(more) => gone.extend(more),
+                Err(error) => {
+                    tracing::warn!(connection_id, %error, "could not forget a gone connection")
+                }
+            }
         }
     }
 
@@ -388,6 +378,15 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             tracing::info!(connection_id, %error, "reply not delivered");
         }
     }
+}
+
+fn presence_frame(event: PresenceEvent, room: &str, name: &str, count: usize) -> Frame {
+    Frame::from(&ServerFrame::Presence {
+        event,
+        room: room.to_owned(),
+        name: name.to_owned(),
+        count,
+    })
 }
 
 fn parse_membership(room: &str, name: Option<&str>) -> Result<(Room, Name), ProtocolError> {

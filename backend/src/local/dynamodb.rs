@@ -1,6 +1,7 @@
 //! DynamoDB for chat-local: the `dynoxide` engine (SQLite-backed) served on a
 //! loopback port inside this process, or any other endpoint the user names.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,8 +26,9 @@ pub struct EmbeddedDynamo {
 }
 
 impl EmbeddedDynamo {
-    /// Opens (or creates) `data_dir/chat.db` and serves it on 127.0.0.1.
-    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Opens (or creates) `data_dir/chat.db` and serves it on `listen`
+    /// (port 0 picks a free one).
+    pub async fn start(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let path = data_dir.join("chat.db");
@@ -35,7 +37,9 @@ impl EmbeddedDynamo {
             .with_context(|| format!("data path {} is not UTF-8", path.display()))?;
         let database = Database::new(path_text)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} for DynamoDB"))?;
         let endpoint = format!("http://{}", listener.local_addr()?);
 
         let (stop, stopped) = oneshot::channel();

@@ -4,4 +4,5 @@
 
 pub mod dynamodb;
 pub mod gateway;
+pub mod lambda;
 pub mod management;

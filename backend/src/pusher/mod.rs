@@ -4,6 +4,7 @@
 //! chat-local, [`local::LocalPusher`] hands frames straight to the sockets it
 //! holds. Handlers see only the [`Pusher`] trait and [`fan_out`].
 
+pub mod apigw;
 pub mod local;
 
 use std::future::Future;

@@ -52,6 +52,27 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// Table names and retention from the environment the SAM template sets:
+    /// `CONNECTIONS_TABLE`, `MESSAGES_TABLE`, `MESSAGE_RETENTION_DAYS`.
+    pub fn from_env() -> Result<Self, String> {
+        let mut config = Self::default();
+        if let Ok(table) = std::env::var("CONNECTIONS_TABLE") {
+            config.connections_table = table;
+        }
+        if let Ok(table) = std::env::var("MESSAGES_TABLE") {
+            config.messages_table = table;
+        }
+        if let Ok(days) = std::env::var("MESSAGE_RETENTION_DAYS") {
+            let days: u64 = days
+                .parse()
+                .map_err(|_| format!("MESSAGE_RETENTION_DAYS is not a number of days: {days:?}"))?;
+            config.message_ttl = Duration::from_secs(days * 24 * 3600);
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,

@@ -20,7 +20,9 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A DynamoDB engine served on a loopback port by this test process.
+/// A DynamoDB engine served on a loopback port by this test process, on a
+/// runtime of its own: it keeps answering while the test blocks (waiting for
+/// a chat-local it talks to, say).
 pub struct Dynamo {
     pub endpoint: String,
     pub client: aws_sdk_dynamodb::Client,
@@ -28,10 +30,20 @@ pub struct Dynamo {
 
 impl Dynamo {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let database = dynoxide::Database::memory().unwrap();
-        tokio::spawn(dynoxide::server::serve_on(listener, database));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let database = dynoxide::Database::memory().unwrap();
+                dynoxide::server::serve_on(listener, database).await;
+            });
+        });
         let client = backend::local::dynamodb::local_client(&endpoint);
         Self { endpoint, client }
     }
@@ -252,4 +264,45 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
+}
+
+/// AWS SDK settings for local endpoints: fixed credentials and region.
+pub fn local_sdk_config() -> aws_config::SdkConfig {
+    use aws_config::{BehaviorVersion, Region};
+    use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "tests",
+        )))
+        .build()
+}
+
+/// The connection ids in `room`, read from the store as fan-out reads them.
+pub async fn connection_ids(dynamo: &Dynamo, room: &str) -> Vec<String> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let page = dynamo
+        .client
+        .query()
+        .table_name("chat-connections")
+        .index_name("room-index")
+        .key_condition_expression("room = :room")
+        .expression_attribute_values(":room", AttributeValue::S(room.into()))
+        .send()
+        .await
+        .unwrap();
+    page.items()
+        .iter()
+        .map(|item| item["connectionId"].as_s().unwrap().clone())
+        .collect()
+}
+
+/// A free loopback port (released before use: fine for one test's peers).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,180 @@
+//! Delivery on AWS: the API Gateway Management API's PostToConnection.
+//!
+//! Clients are built once per Lambda container and cached per endpoint
+//! (`https://{domainName}/{stage}` from the event, so custom domains work
+//! too). Every call has explicit connect and operation timeouts: without them
+//! a PostToConnection can hang until the Lambda itself times out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use aws_sdk_apigatewaymanagement::Client;
+use aws_sdk_apigatewaymanagement::error::{DisplayErrorContext, SdkError};
+use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+
+use super::{Frame, PushError, Pusher};
+
+/// Timeouts and retries of every post.
+#[derive(Debug, Clone)]
+pub struct PostPolicy {
+    pub connect_timeout: Duration,
+    /// One attempt, connect included.
+    pub attempt_timeout: Duration,
+    /// Attempts for a throttled (`LimitExceededException`) post, or one that
+    /// could not connect.
+    pub max_attempts: u32,
+    /// The first retry waits up to this long (full jitter), doubling after.
+    pub base_backoff: Duration,
+}
+
+impl Default for PostPolicy {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(3),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Management API clients, one per endpoint, for the life of the container.
+pub struct ManagementApi {
+    sdk_config: SdkConfig,
+    /// Replaces the endpoint derived from events (for local runs).
+    endpoint_override: Option<String>,
+    policy: PostPolicy,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl ManagementApi {
+    pub fn new(
+        sdk_config: SdkConfig,
+        endpoint_override: Option<String>,
+        policy: PostPolicy,
+    ) -> Self {
+        Self {
+            sdk_config,
+            endpoint_override,
+            policy,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `https://{domainName}/{stage}`, where API Gateway takes posts for the
+    /// connections of the API that sent `event`.
+    pub fn endpoint_for(&self, event: &ApiGatewayWebsocketProxyRequest) -> String {
+        if let Some(endpoint) = &self.endpoint_override {
+            return endpoint.clone();
+        }
+        let context = &event.request_context;
+        format!(
+            "https://{}/{}",
+            context.domain_name.as_deref().unwrap_or_default(),
+            context.stage.as_deref().unwrap_or_default()
+        )
+    }
+
+    pub fn pusher_for(&self, event: &ApiGatewayWebsocketProxyRequest) -> ApiGatewayPusher {
+        self.pusher(&self.endpoint_for(event))
+    }
+
+    pub fn pusher(&self, endpoint: &str) -> ApiGatewayPusher {
+        let mut clients = self
+            .clients
+            .lock()
+            .expect("the client cache is never poisoned");
+        let client = clients
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(self.policy.connect_timeout)
+                    .operation_attempt_timeout(self.policy.attempt_timeout)
+                    .build();
+                let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk_config)
+                    .endpoint_url(endpoint)
+                    .timeout_config(timeouts)
+                    // Retries are ours (below), so they are counted once.
+                    .retry_config(RetryConfig::disabled())
+                    .build();
+                Client::from_conf(config)
+            })
+            .clone();
+        ApiGatewayPusher {
+            client,
+            policy: Arc::new(self.policy.clone()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiGatewayPusher {
+    client: Client,
+    policy: Arc<PostPolicy>,
+}
+
+impl Pusher for ApiGatewayPusher {
+    async fn push(&self, connection_id: &str, frame: Frame) -> Result<(), PushError> {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .client
+                .post_to_connection()
+                .connection_id(connection_id)
+                .data(Blob::new(frame.as_bytes().to_vec()))
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            let retryable = match classify(&error) {
+                Outcome::Gone => return Err(PushError::Gone),
+                Outcome::Retry => true,
+                Outcome::Fail => false,
+            };
+            if !retryable || attempt >= self.policy.max_attempts {
+                return Err(PushError::Failed(DisplayErrorContext(&error).to_string()));
+            }
+            tokio::time::sleep(backoff(self.policy.base_backoff, attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+enum Outcome {
+    Gone,
+    Retry,
+    Fail,
+}
+
+/// Retries only what certainly did not deliver: a throttled post, or one
+/// that never reached API Gateway. A post that timed out or failed midway may
+/// have been delivered, and a retry could show the message twice.
+fn classify<R>(error: &SdkError<PostToConnectionError, R>) -> Outcome {
+    match error {
+        SdkError::ServiceError(service) => match service.err() {
+            PostToConnectionError::GoneException(_) => Outcome::Gone,
+            PostToConnectionError::LimitExceededException(_) => Outcome::Retry,
+            _ => Outcome::Fail,
+        },
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            Outcome::Retry
+        }
+        _ => Outcome::Fail,
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait up to
+/// `base * 2^(attempt - 1)`, so throttled senders spread out.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    let fraction = (getrandom::u32().unwrap_or(u32::MAX / 2) as f64) / (u32::MAX as f64);
+    ceiling.mul_f64(fraction)
+}
