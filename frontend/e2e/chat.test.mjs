@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -19,9 +19,9 @@ let base;
 let browser;
 
 /** Starts chat-local on `addr` (a free port when omitted); resolves to its URL. */
-function startServer(addr = '127.0.0.1:0') {
+function startServer(addr = '127.0.0.1:0', { dist = DIST, data = dataDir } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--addr', addr, '--data-dir', dataDir, '--dist', DIST], {
+    const child = spawn(BIN, ['--addr', addr, '--data-dir', data, '--dist', dist], {
       env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -147,4 +147,31 @@ test('a shared link opens the room, and a restart is survived', async () => {
   await messageField(ada).press('Enter');
   await log(second).getByText('after the restart', { exact: true }).waitFor(WAIT);
   await ada.context().close();
+});
+
+test('config.json next to the page points the app at another WebSocket server', async () => {
+  // The same build on a second server (as on S3), told to use the first one.
+  const site = mkdtempSync(join(tmpdir(), 'chat-site-'));
+  const siteData = mkdtempSync(join(tmpdir(), 'chat-site-data-'));
+  cpSync(DIST, site, { recursive: true });
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ websocketUrl: `${base.replace('http', 'ws')}/ws` }));
+  const other = await startServer('127.0.0.1:0', { dist: site, data: siteData });
+  try {
+    const dee = await openAs('Dee', 'config-room');
+    const context = await browser.newContext();
+    const cy = await context.newPage();
+    await cy.goto(other.url);
+    await cy.getByLabel('Name').fill('Cy');
+    await cy.getByLabel('Room').fill('config-room');
+    await cy.getByRole('button', { name: 'Join' }).click();
+    // Cy, served by the second server, is in the first server's room.
+    await members(dee).getByText('Cy', { exact: true }).waitFor(WAIT);
+    await members(cy).getByText('Dee', { exact: true }).waitFor(WAIT);
+    await dee.context().close();
+    await context.close();
+  } finally {
+    await stopServer(other.child);
+    rmSync(site, { recursive: true, force: true });
+    rmSync(siteData, { recursive: true, force: true });
+  }
 });
