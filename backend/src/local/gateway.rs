@@ -297,30 +297,29 @@ impl<I: Integration> Gateway<I> {
         error: &axum::Error,
     ) -> Ending {
         let detail = error.to_string();
-        let (code, close_with, message) = if detail.contains("UTF-8") || detail.contains("utf-8") {
-            (
+        let cause = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<tungstenite::Error>());
+        let (code, close_with, message) = match cause {
+            Some(tungstenite::Error::Utf8(_)) => (
                 ErrorCode::BadRequest,
                 close_code::INVALID_PAYLOAD,
                 "text frame is not valid UTF-8".to_owned(),
-            )
-        } else if detail.contains("too long")
-            || detail.contains("too big")
-            || detail.contains("Space limit")
-        {
-            (
+            ),
+            Some(tungstenite::Error::Capacity(_)) => (
                 ErrorCode::TooLarge,
                 close_code::TOO_BIG,
                 format!(
                     "messages are limited to {} bytes",
                     self.config.max_read_size
                 ),
-            )
-        } else {
-            tracing::info!(connection_id, %detail, "socket failed");
-            return Ending {
-                status_code: 1006,
-                reason: detail,
-            };
+            ),
+            _ => {
+                tracing::info!(connection_id, %detail, "socket failed");
+                return Ending {
+                    status_code: 1006,
+                    reason: detail,
+                };
+            }
         };
         tracing::info!(connection_id, %detail, "unreadable frame; closing");
         let frame = Frame::from(&ServerFrame::error(code, message.clone()));
