@@ -131,10 +131,6 @@ impl<I: Integration> Gateway<I> {
         &self.sockets
     }
 
-    pub fn config(&self) -> &GatewayConfig {
-        &self.config
-    }
-
     /// `GET /ws`: runs `$connect` before accepting the upgrade, as API Gateway
     /// does, so a refused connect is an HTTP error, never an open socket.
     pub async fn upgrade(

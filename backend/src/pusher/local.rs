@@ -111,14 +111,6 @@ impl LocalPusher {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.connections.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.connections.is_empty()
-    }
-
     /// Enqueues without waiting: a full queue means the reader is hopelessly
     /// behind, and it is disconnected rather than let memory grow without
     /// bound or stall everyone else's delivery.

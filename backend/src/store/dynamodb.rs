@@ -84,10 +84,6 @@ impl DynamoStore {
         Self { client, config }
     }
 
-    pub fn config(&self) -> &StoreConfig {
-        &self.config
-    }
-
     /// Creates both tables (with their TTL) where they do not exist yet.
     pub async fn ensure_tables(&self) -> Result<(), StoreError> {
         if !self.table_exists(&self.config.connections_table).await? {
