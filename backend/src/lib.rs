@@ -7,6 +7,7 @@
 //! - [`local`]: what `chat-local` adds to play API Gateway on one machine.
 
 pub mod chat;
+pub mod ids;
 pub mod local;
 pub mod pusher;
 pub mod store;

@@ -431,3 +431,94 @@ async fn serves_health_and_the_web_app_with_an_index_fallback() {
         (200, "<h1>chat app</h1>".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_sigkill_loses_no_message_that_anyone_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("crash", "Ada").await;
+    let (mut bo, _) = server.join("crash", "Bo").await;
+    expect(&mut ada, "presence").await;
+
+    // Ada sends without waiting, so many messages are in flight (queued,
+    // being written, being delivered) when the process dies.
+    const SENT: usize = 400;
+    for i in 0..SENT {
+        say(&mut ada, &format!("message {i}")).await;
+    }
+    let mut received = std::collections::HashSet::new();
+    loop {
+        let next = tokio::time::timeout(WAIT, bo.next())
+            .await
+            .expect("Bo hears something");
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "message" {
+                    received.insert(frame["id"].as_str().unwrap().to_owned());
+                }
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        }
+        if received.len() == 50 {
+            break;
+        }
+    }
+    server.kill();
+    // Whatever was already on its way to Bo counts as received too.
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(1), bo.next()).await
+    {
+        if let Message::Text(text) = message {
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "message" {
+                received.insert(frame["id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(
+        received.len() >= 50 && received.len() < SENT,
+        "killed mid-chat: {} received",
+        received.len()
+    );
+
+    // Restarted on the same data, with its engine on a port the test reads.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let restarted = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--dynamodb-listen", &listen],
+    });
+    let client = backend::local::dynamodb::local_client(&format!("http://{listen}"));
+    let mut stored = std::collections::HashSet::new();
+    let mut start_key = None;
+    loop {
+        let page = client
+            .query()
+            .table_name("chat-messages")
+            .key_condition_expression("room = :room")
+            .expression_attribute_values(
+                ":room",
+                aws_sdk_dynamodb::types::AttributeValue::S("crash".into()),
+            )
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .unwrap();
+        for item in page.items() {
+            stored.insert(item["id"].as_s().unwrap().clone());
+        }
+        start_key = page.last_evaluated_key;
+        if start_key.is_none() {
+            break;
+        }
+    }
+    let missing: Vec<_> = received.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "received but not in history: {missing:?}"
+    );
+    drop(restarted);
+}

@@ -7,14 +7,47 @@ use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::query_map::QueryMap;
 use backend::chat::{Chat, ChatConfig};
 use backend::pusher::Frame;
-use backend::pusher::local::{ConnectionInfo, LocalPusher};
+use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
 use backend::store::Store;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use common::Dynamo;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use tokio::sync::mpsc::Receiver;
+
+/// What the pusher queued for one socket, frame by frame.
+struct Inbox {
+    socket: Arc<LocalSocket>,
+    frames: VecDeque<Frame>,
+}
+
+impl Inbox {
+    fn try_recv(&mut self) -> Result<Frame, ()> {
+        if self.frames.is_empty() {
+            self.frames
+                .extend(
+                    self.socket
+                        .take_queued()
+                        .into_iter()
+                        .filter_map(|item| match item {
+                            Outgoing::Text(frame) => Some(frame),
+                            Outgoing::Ping => None,
+                        }),
+                );
+        }
+        self.frames.pop_front().ok_or(())
+    }
+}
+
+fn register(pusher: &LocalPusher, id: &str) -> Inbox {
+    Inbox {
+        socket: pusher.register(
+            id,
+            ConnectionInfo::new(1, "203.0.113.7".into(), "test".into()),
+        ),
+        frames: VecDeque::new(),
+    }
+}
 
 struct Harness {
     chat: Chat<DynamoStore, LocalPusher>,
@@ -34,11 +67,8 @@ impl Harness {
     }
 
     /// `$connect` from the recorded event, with its query string replaced.
-    async fn connect(&self, id: &str, query: &[(&str, &str)]) -> (i64, Receiver<Frame>) {
-        let frames = self.chat.pusher().register(
-            id,
-            Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into())),
-        );
+    async fn connect(&self, id: &str, query: &[(&str, &str)]) -> (i64, Inbox) {
+        let frames = register(self.chat.pusher(), id);
         let mut event = recorded("connect.json", id);
         let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
         for (key, value) in query {
@@ -69,12 +99,12 @@ fn recorded(file: &str, id: &str) -> ApiGatewayWebsocketProxyRequest {
     event
 }
 
-fn next(frames: &mut Receiver<Frame>) -> Value {
+fn next(frames: &mut Inbox) -> Value {
     let frame = frames.try_recv().expect("a frame was pushed");
     serde_json::from_str(frame.as_str()).unwrap()
 }
 
-fn nothing(frames: &mut Receiver<Frame>) {
+fn nothing(frames: &mut Inbox) {
     if let Ok(frame) = frames.try_recv() {
         panic!("unexpected frame {}", frame.as_str());
     }
@@ -85,10 +115,7 @@ async fn recorded_events_drive_a_whole_chat() {
     let harness = Harness::new().await;
 
     // connect.json carries ?room=chat:1&name=Ada.
-    let mut ada = harness.chat.pusher().register(
-        "Bq9ZrdMtDoEAcdA=",
-        Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into())),
-    );
+    let mut ada = register(harness.chat.pusher(), "Bq9ZrdMtDoEAcdA=");
     let response = harness
         .chat
         .handle(recorded("connect.json", "Bq9ZrdMtDoEAcdA="))
@@ -223,7 +250,7 @@ async fn gone_connections_are_forgotten_and_announced() {
         sockets.push(frames);
     }
     // The ghost's socket vanishes without a $disconnect (API Gateway: 410).
-    harness.chat.pusher().close("ghost", 1006);
+    harness.chat.pusher().close("ghost", 1006, "gone");
     for frames in &mut sockets[..2] {
         while frames.try_recv().is_ok() {}
     }
@@ -263,8 +290,7 @@ async fn a_room_of_thousands_gets_every_message_once() {
     let (room, mut members) = (room_named("crowd"), Vec::new());
     for i in 0..2000 {
         let id = format!("m{i}");
-        let info = Arc::new(ConnectionInfo::new(1, "203.0.113.7".into(), "test".into()));
-        members.push(harness.chat.pusher().register(&id, info));
+        members.push(register(harness.chat.pusher(), &id));
         // Recorded straight in the store: 2000 joins would announce
         // themselves to each other 2 million times.
         let name = shared::Name::parse(&id).unwrap();

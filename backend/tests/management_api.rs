@@ -14,7 +14,8 @@ async fn start(dynamo: &Dynamo, dir: &std::path::Path) -> Server {
         data_dir: dir,
         dist: None,
         dynamodb_endpoint: Some(&dynamo.endpoint),
-        extra: &[],
+        // The tests find connection ids in the connections table.
+        extra: &["--store", "dynamodb"],
     })
 }
 

@@ -57,12 +57,12 @@ async fn room_members_follow_every_page() {
         .unwrap();
     store.add_connection("lobbyist", 1, None).await.unwrap();
 
-    let mut members = store.room_members("big").await.unwrap();
+    let mut members = store.room_members("big").await.unwrap().to_vec();
     members.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
     let expected: Vec<Member> = (0..10)
         .map(|i| Member {
-            connection_id: format!("conn-{i}"),
-            name: format!("user {i}"),
+            connection_id: format!("conn-{i}").into(),
+            name: format!("user {i}").into(),
         })
         .collect();
     let mut expected = expected;

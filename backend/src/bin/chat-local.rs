@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::routing::get;
 use backend::chat::{Chat, ChatConfig};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
@@ -21,7 +23,14 @@ use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
 use backend::local::management;
 use backend::pusher::local::LocalPusher;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use backend::store::local::LocalStore;
 use clap::Parser;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use tracing_subscriber::EnvFilter;
 
@@ -69,6 +78,17 @@ struct Args {
     /// The SAM template that says which function serves which route.
     #[arg(long, default_value = "template.yaml")]
     template: PathBuf,
+    /// Where connections and rooms are kept: `memory` (this process holds
+    /// the sockets, so it holds their records too; history still goes to
+    /// DynamoDB) or `dynamodb` (every record in DynamoDB, exactly as on AWS).
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory, env = "CHAT_STORE")]
+    store: StoreKind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Memory,
+    Dynamodb,
 }
 
 #[tokio::main]
@@ -90,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             (local_client(&embedded.endpoint), Some(embedded))
         }
     };
-    let store = DynamoStore::new(
+    let dynamo = DynamoStore::new(
         client,
         StoreConfig {
             connections_table: args.connections_table,
@@ -98,14 +118,24 @@ async fn main() -> anyhow::Result<()> {
             ..StoreConfig::default()
         },
     );
-    store
-        .ensure_tables()
-        .await
-        .context("cannot create the tables")?;
-    store
-        .reset_connections()
-        .await
-        .context("cannot clear the connections of a previous run")?;
+    // Connection records name sockets of this process only: those of a
+    // previous run are stale.
+    let in_memory = args.store == StoreKind::Memory && args.lambda_endpoint.is_none();
+    if in_memory {
+        dynamo
+            .ensure_messages_table()
+            .await
+            .context("cannot create the messages table")?;
+    } else {
+        dynamo
+            .ensure_tables()
+            .await
+            .context("cannot create the tables")?;
+        dynamo
+            .reset_connections()
+            .await
+            .context("cannot clear the connections of a previous run")?;
+    }
 
     let gateway_config = GatewayConfig {
         ping_interval: args.ping_interval,
@@ -114,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     let sockets = LocalPusher::default();
+    let (addr, dist) = (&args.addr, &args.dist);
     match &args.lambda_endpoint {
         // The real Lambda binaries, invoked as API Gateway would.
         Some(endpoint) => {
@@ -124,22 +155,20 @@ async fn main() -> anyhow::Result<()> {
                 ..gateway_config
             };
             let invoker = LambdaInvoker::new(endpoint, routes);
-            serve(
-                Gateway::new(invoker, sockets, gateway_config),
-                &args.addr,
-                &args.dist,
-            )
-            .await?;
+            serve(Gateway::new(invoker, sockets, gateway_config), addr, dist).await?;
         }
         // The handlers in this process, pushing straight into its sockets.
+        None if in_memory => {
+            let chat = Chat::new(
+                LocalStore::new(dynamo),
+                sockets.clone(),
+                ChatConfig::default(),
+            );
+            serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
+        }
         None => {
-            let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
-            serve(
-                Gateway::new(chat, sockets, gateway_config),
-                &args.addr,
-                &args.dist,
-            )
-            .await?;
+            let chat = Chat::new(dynamo, sockets.clone(), ChatConfig::default());
+            serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
         }
     }
 
@@ -183,15 +212,68 @@ async fn serve<I: Integration>(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!("chat-local ready on http://{}", listener.local_addr()?);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    tokio::spawn(Arc::clone(&gateway).keep_alive());
+
+    // HTTP/1.1 only, served straight over each TCP stream: a WebSocket
+    // upgrade then hands the gateway the bare socket.
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: pause rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    // Finish the request in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%error, "HTTP connection ended");
+            }
+        });
+    }
 
     tracing::info!("shutting down");
-    gateway.shut_down(Duration::from_secs(5)).await;
+    drop(listener);
+    let grace = Duration::from_secs(5);
+    gateway.shut_down(grace).await;
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some HTTP requests did not finish in time");
+    }
     Ok(())
 }
 

@@ -17,8 +17,8 @@ use shared::{
     limits::HISTORY_LEN,
 };
 
-use crate::pusher::{Frame, Pusher, fan_out};
-use crate::store::{Member, Store, StoreError};
+use crate::pusher::{Frame, Pusher};
+use crate::store::{Member, Members, Store, StoreError};
 
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
@@ -223,7 +223,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .recent_messages(room.as_str(), HISTORY_LEN)
             .await?;
         let member_names = std::iter::once(name.as_str())
-            .chain(others.iter().map(|member| member.name.as_str()))
+            .chain(others.iter().map(|member| &*member.name))
             .map(str::to_owned)
             .collect();
         let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history);
@@ -235,7 +235,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 name.as_str(),
                 others.len() + 1,
             );
-            let recipients: Vec<&str> = others.iter().map(|m| m.connection_id.as_str()).collect();
+            let recipients: Vec<&str> = others.iter().map(|m| &*m.connection_id).collect();
             self.deliver(&recipients, presence).await;
         }
         tracing::info!(connection_id, room = room.as_str(), rejoin, "joined");
@@ -249,7 +249,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         let ts = now_ms();
         let message = ChatMessage {
-            id: message_id(ts),
+            id: crate::ids::message_id(ts),
             room,
             name,
             data,
@@ -262,7 +262,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // The sender is included even if an eventually consistent index has
         // not caught up with its join yet.
         let recipients: Vec<&str> = std::iter::once(connection_id)
-            .chain(others(&members, connection_id).map(|m| m.connection_id.as_str()))
+            .chain(others(&members, connection_id).map(|m| &*m.connection_id))
             .collect();
         self.deliver(&recipients, Frame::from(&frame)).await;
         tracing::debug!(
@@ -307,34 +307,35 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         name: &str,
         event: PresenceEvent,
     ) -> Result<(), StoreError> {
-        let (recipients, frame) = self.presence(connection_id, room, name, event).await?;
-        let recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+        let (members, frame) = self.presence(connection_id, room, name, event).await?;
+        let recipients = recipients_of(&members, connection_id);
         self.deliver(&recipients, frame).await;
         Ok(())
     }
 
-    /// The members of `room` other than `connection_id`, and the presence
-    /// frame that tells them of `event` (counting the members after it).
+    /// The members of `room`, and the presence frame that tells those other
+    /// than `connection_id` of `event` (counting the members after it).
     async fn presence(
         &self,
         connection_id: &str,
         room: &str,
         name: &str,
         event: PresenceEvent,
-    ) -> Result<(Vec<String>, Frame), StoreError> {
+    ) -> Result<(Members, Frame), StoreError> {
         let members = self.store.room_members(room).await?;
-        let recipients: Vec<String> = others(&members, connection_id)
-            .map(|m| m.connection_id.clone())
-            .collect();
-        let count = recipients.len() + usize::from(event == PresenceEvent::Join);
+        let count =
+            others(&members, connection_id).count() + usize::from(event == PresenceEvent::Join);
         let frame = presence_frame(event, room, name, count);
-        Ok((recipients, frame))
+        Ok((members, frame))
     }
 
     /// Sends one frame, serialized once, to every recipient at once, then
     /// forgets the recipients that turned out to be gone, telling their rooms.
     async fn deliver(&self, recipients: &[&str], frame: Frame) {
-        let mut gone = fan_out(&self.pusher, recipients, &frame, self.config.max_in_flight).await;
+        let mut gone = self
+            .pusher
+            .push_all(recipients, &frame, self.config.max_in_flight)
+            .await;
         // Telling a room about one gone member can reveal more; the loop ends
         // because each connection can be removed only once.
         while let Some(connection_id) = gone.pop() {
@@ -346,18 +347,14 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 let Some((room, name)) = previous.room.zip(previous.name) else {
                     return Ok(Vec::new());
                 };
-                let (recipients, presence) = self
+                let (members, presence) = self
                     .presence(&connection_id, &room, &name, PresenceEvent::Leave)
                     .await?;
-                let recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+                let recipients = recipients_of(&members, &connection_id);
                 Ok::<_, StoreError>(
-                    fan_out(
-                        &self.pusher,
-                        &recipients,
-                        &presence,
-                        self.config.max_in_flight,
-                    )
-                    .await,
+                    self.pusher
+                        .push_all(&recipients, &presence, self.config.max_in_flight)
+                        .await,
                 )
             };
             match told.await {
@@ -399,7 +396,13 @@ fn parse_membership(room: &str, name: Option<&str>) -> Result<(Room, Name), Prot
 fn others<'a>(members: &'a [Member], connection_id: &'a str) -> impl Iterator<Item = &'a Member> {
     members
         .iter()
-        .filter(move |member| member.connection_id != connection_id)
+        .filter(move |member| &*member.connection_id != connection_id)
+}
+
+fn recipients_of<'a>(members: &'a [Member], connection_id: &'a str) -> Vec<&'a str> {
+    others(members, connection_id)
+        .map(|member| &*member.connection_id)
+        .collect()
 }
 
 fn not_in_room() -> ChatError {
@@ -425,11 +428,4 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// A message id that sorts by time (13 digits of milliseconds) and is unique
-/// (64 random bits) without any coordination between Lambda instances.
-fn message_id(ts: u64) -> String {
-    let random = getrandom::u64().expect("the OS random source is available");
-    format!("{ts:013}-{random:016x}")
 }

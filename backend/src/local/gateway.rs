@@ -4,8 +4,10 @@
 //! selects routes by `$request.body.action`, and hands every event to an
 //! [`Integration`] (the handlers, in process).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,21 +16,26 @@ use std::time::Duration;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::query_map::QueryMap;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use shared::limits::SERVER_FRAME_MAX_BYTES;
 use shared::{ErrorCode, ServerFrame};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
+use super::websocket::{self, Incoming, Violation};
 use crate::chat::{Chat, now_ms};
+use crate::ids::random_id;
 use crate::pusher::Frame;
-use crate::pusher::local::{ConnectionInfo, LocalPusher, close_code};
+use crate::pusher::local::{
+    Closing, ConnectionInfo, LocalPusher, LocalSocket, Outgoing, close_code,
+};
 use crate::store::Store;
 
 /// Where API Gateway would send an event: to the handlers in this process, or
@@ -51,7 +58,7 @@ pub struct GatewayConfig {
     pub stage: String,
     /// Route keys besides `$connect`, `$disconnect` and `$default`.
     pub routes: Vec<String>,
-    /// How often an idle socket is pinged.
+    /// How often quiet sockets are pinged (and idle or expired ones closed).
     pub ping_interval: Duration,
     /// How long a socket may stay silent (no frame, no pong) before it counts
     /// as dead and is disconnected.
@@ -89,8 +96,6 @@ pub struct Gateway<I> {
     shutting_down: AtomicBool,
 }
 
-type Sink = futures::stream::SplitSink<WebSocket, Message>;
-
 /// Why a socket's session ended, as the `$disconnect` event reports it.
 struct Ending {
     status_code: u16,
@@ -114,7 +119,8 @@ impl<I: Integration> Gateway<I> {
     /// to rooms that are closing too would only cost time.
     pub async fn shut_down(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.sockets.close_all(close_code::GOING_AWAY);
+        self.sockets
+            .close_all(close_code::GOING_AWAY, "the server is shutting down");
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
@@ -131,34 +137,82 @@ impl<I: Integration> Gateway<I> {
         &self.sockets
     }
 
+    /// Pings quiet sockets, and closes those silent past the idle timeout or
+    /// open past the maximum duration: one task for every socket, rather
+    /// than timers in each.
+    pub async fn keep_alive(self: Arc<Self>) {
+        let every = self.config.ping_interval;
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ping_after = every.as_millis() as u64;
+        let idle_after = self.config.idle_timeout.as_millis() as u64;
+        let expire_after = self.config.max_connection_duration.as_millis() as u64;
+        loop {
+            tick.tick().await;
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = now_ms();
+            self.sockets.sweep(|socket| {
+                let silent = now.saturating_sub(socket.info.last_active_ms());
+                if now.saturating_sub(socket.info.connected_at_ms) >= expire_after {
+                    Some(Closing {
+                        code: close_code::GOING_AWAY,
+                        reason: "maximum connection duration reached",
+                    })
+                } else if silent > idle_after {
+                    Some(Closing {
+                        code: close_code::ABNORMAL,
+                        reason: "idle timeout",
+                    })
+                } else {
+                    if silent >= ping_after {
+                        socket.ping();
+                    }
+                    None
+                }
+            });
+        }
+    }
+
     /// `GET /ws`: runs `$connect` before accepting the upgrade, as API Gateway
     /// does, so a refused connect is an HTTP error, never an open socket.
     pub async fn upgrade(
         State(gateway): State<Arc<Self>>,
         ConnectInfo(peer): ConnectInfo<SocketAddr>,
         Query(query): Query<Vec<(String, String)>>,
-        headers: HeaderMap,
-        upgrade: WebSocketUpgrade,
+        mut request: Request,
     ) -> Response {
+        let accept = match handshake_key(request.headers()) {
+            Ok(key) => websocket::accept_key(key),
+            Err(refusal) => return refusal,
+        };
+        let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::UPGRADE, "websocket")],
+                "WebSocket needs an HTTP/1.1 connection",
+            )
+                .into_response();
+        };
+        let headers = request.headers();
         let connection_id = new_connection_id();
         let user_agent = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let info = Arc::new(ConnectionInfo::new(
-            now_ms(),
-            peer.ip().to_string(),
-            user_agent,
-        ));
+        let info = ConnectionInfo::new(now_ms(), peer.ip().to_string(), user_agent);
+        let event = gateway.connect_event(&connection_id, &info, headers, query);
         // Registered before `$connect` runs: once the handler records the
         // connection, others may push to it, and those frames must wait in its
         // queue rather than find it gone.
-        let outbound = gateway.sockets.register(&connection_id, Arc::clone(&info));
-        let event = gateway.connect_event(&connection_id, &info, &headers, query);
-        let response = gateway.integration.invoke(event).await;
+        let socket = gateway.sockets.register(&connection_id, info);
+        let response = Box::pin(gateway.integration.invoke(event)).await;
         if !(200..300).contains(&response.status_code) {
-            gateway.sockets.close(&connection_id, close_code::NORMAL);
+            gateway
+                .sockets
+                .close(&connection_id, close_code::NORMAL, "connect refused");
             let status = u16::try_from(response.status_code)
                 .ok()
                 .and_then(|code| StatusCode::from_u16(code).ok())
@@ -166,164 +220,210 @@ impl<I: Integration> Gateway<I> {
             return (status, body_text(response.body)).into_response();
         }
 
-        let on_failure = {
-            let gateway = Arc::clone(&gateway);
-            let connection_id = connection_id.clone();
-            let info = Arc::clone(&info);
-            move |error: axum::Error| {
-                tracing::info!(connection_id, %error, "upgrade failed after $connect");
-                tokio::spawn(async move {
-                    gateway.sockets.close(&connection_id, close_code::NORMAL);
-                    let ending = Ending {
-                        status_code: 1006,
-                        reason: "upgrade failed".into(),
-                    };
-                    gateway.disconnect(&connection_id, &info, ending).await;
-                });
-            }
-        };
-        upgrade
-            // Small buffers keep an idle socket cheap; they grow for the rare
-            // large frame.
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
-            .max_message_size(gateway.config.max_read_size)
-            .max_frame_size(gateway.config.max_read_size)
-            .on_failed_upgrade(on_failure)
-            .on_upgrade(move |socket| {
-                let tasks = gateway.tasks.clone();
-                tasks.track_future(async move {
-                    gateway.run(socket, connection_id, outbound, info).await;
-                })
-            })
+        let tasks = gateway.tasks.clone();
+        tasks.spawn(async move {
+            let stream = match on_upgrade
+                .await
+                .map(|upgraded| upgraded.downcast::<TokioIo<TcpStream>>())
+            {
+                Ok(Ok(parts)) => Some((parts.io.into_inner(), parts.read_buf)),
+                Ok(Err(_)) => {
+                    tracing::error!(connection_id, "the upgraded connection is not a TCP stream");
+                    None
+                }
+                Err(error) => {
+                    tracing::info!(connection_id, %error, "upgrade failed after $connect");
+                    None
+                }
+            };
+            let ending = match stream {
+                Some((stream, read_ahead)) => {
+                    gateway
+                        .run(&stream, read_ahead, &connection_id, &socket)
+                        .await
+                }
+                None => Ending {
+                    status_code: close_code::ABNORMAL,
+                    reason: "upgrade failed".into(),
+                },
+            };
+            gateway
+                .sockets
+                .close(&connection_id, close_code::NORMAL, "closed");
+            gateway
+                .disconnect(&connection_id, &socket.info, ending)
+                .await;
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::UPGRADE, "websocket".to_owned()),
+                (header::CONNECTION, "Upgrade".to_owned()),
+                (header::SEC_WEBSOCKET_ACCEPT, accept),
+            ],
+        )
+            .into_response()
     }
 
-    /// One socket's life: frames in become events, queued frames go out, a
-    /// silent peer is pinged and, if it stays silent, disconnected.
+    /// One socket's life: frames in become events, queued frames go out in
+    /// one write per burst. Between bursts the socket holds no buffer.
     async fn run(
         &self,
-        socket: WebSocket,
-        connection_id: String,
-        mut outbound: mpsc::Receiver<Frame>,
-        info: Arc<ConnectionInfo>,
-    ) {
-        let (mut sink, mut stream) = socket.split();
-        let started = Instant::now();
-        let mut ping = tokio::time::interval_at(
-            started + self.config.ping_interval,
-            self.config.ping_interval,
-        );
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let expiry = tokio::time::sleep_until(started + self.config.max_connection_duration);
-        tokio::pin!(expiry);
-
-        let ending = loop {
-            tokio::select! {
-                queued = outbound.recv() => match queued {
-                    Some(frame) => {
-                        if !self.send(&mut sink, Message::Text(text(frame))).await {
-                            break Ending { status_code: 1006, reason: "write failed".into() };
-                        }
+        stream: &TcpStream,
+        read_ahead: Bytes,
+        connection_id: &str,
+        socket: &LocalSocket,
+    ) -> Ending {
+        let mut decoder = websocket::Decoder::new(websocket::Limits {
+            max_message: self.config.max_message_size,
+            max_read: self.config.max_read_size,
+        });
+        let mut incoming = Vec::new();
+        // Bytes the socket would not take yet; while there are any, the
+        // outbox is left alone, so a reader that stops reading fills it and
+        // is disconnected instead of growing this without bound.
+        let mut unsent = Vec::new();
+        let mut violation = decoder.decode(&read_ahead, &mut incoming).err();
+        drop(read_ahead);
+        loop {
+            for frame in incoming.drain(..) {
+                match frame {
+                    Incoming::Text(body) => {
+                        let event = self.message_event(connection_id, &socket.info, body, false);
+                        Box::pin(self.integration.invoke(event)).await;
                     }
-                    None => {
-                        // Taken out of the registry: close as asked.
-                        let code = info.close_code();
-                        let _ = self.send(&mut sink, close(code, "closed by the server")).await;
-                        break Ending { status_code: code, reason: "closed by the server".into() };
+                    Incoming::Binary(body) => {
+                        let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
+                        let event = self.message_event(connection_id, &socket.info, encoded, true);
+                        Box::pin(self.integration.invoke(event)).await;
                     }
-                },
-                incoming = stream.next() => {
-                    info.touch(now_ms());
-                    match incoming {
-                        Some(Ok(Message::Text(ref text))) if text.len() > self.config.max_message_size => {
-                            self.refuse_too_large(&connection_id);
-                        }
-                        Some(Ok(Message::Binary(ref bytes))) if bytes.len() > self.config.max_message_size => {
-                            self.refuse_too_large(&connection_id);
-                        }
-                        Some(Ok(Message::Text(body))) => {
-                            let event = self.message_event(&connection_id, &info, body.as_str().to_owned(), false);
-                            self.integration.invoke(event).await;
-                        }
-                        Some(Ok(Message::Binary(body))) => {
-                            let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
-                            let event = self.message_event(&connection_id, &info, encoded, true);
-                            self.integration.invoke(event).await;
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(frame))) => {
-                            let (code, reason) = frame
-                                .map(|f| (f.code, f.reason.as_str().to_owned()))
-                                .unwrap_or((1005, String::new()));
-                            break Ending { status_code: code, reason };
-                        }
-                        None => break Ending { status_code: 1006, reason: "connection lost".into() },
-                        Some(Err(error)) => {
-                            break self.refuse_unreadable(&mut sink, &connection_id, &error).await;
-                        }
+                    Incoming::TooLarge => self.refuse_too_large(connection_id),
+                    Incoming::Ping(payload) => {
+                        websocket::encode(websocket::opcode::PONG, &payload, &mut unsent)
                     }
-                }
-                _ = ping.tick() => {
-                    let silent_ms = now_ms().saturating_sub(info.last_active_ms());
-                    if silent_ms > self.config.idle_timeout.as_millis() as u64 {
-                        tracing::info!(connection_id, silent_ms, "peer stopped answering; disconnecting");
-                        break Ending { status_code: 1006, reason: "idle timeout".into() };
+                    Incoming::Pong => {}
+                    Incoming::Close(frame) => {
+                        // Echo the code, as RFC 6455 asks, then hang up.
+                        let (code, reason) = frame.unwrap_or((1005, String::new()));
+                        let echo = if code == 1005 {
+                            close_code::NORMAL
+                        } else {
+                            code
+                        };
+                        websocket::encode_close(echo, "", &mut unsent);
+                        self.write_before_closing(stream, &mut unsent).await;
+                        return Ending {
+                            status_code: code,
+                            reason,
+                        };
                     }
-                    if !self.send(&mut sink, Message::Ping(Default::default())).await {
-                        break Ending { status_code: 1006, reason: "write failed".into() };
-                    }
-                }
-                _ = &mut expiry => {
-                    let _ = self.send(&mut sink, close(close_code::GOING_AWAY, "maximum connection duration reached")).await;
-                    break Ending { status_code: close_code::GOING_AWAY, reason: "maximum connection duration".into() };
                 }
             }
-        };
-        self.sockets.close(&connection_id, close_code::NORMAL);
-        self.disconnect(&connection_id, &info, ending).await;
+            if let Some(violation) = violation.take() {
+                return self
+                    .fail(stream, connection_id, violation, &mut unsent)
+                    .await;
+            }
+            if let Some(closing) = socket.closing() {
+                encode_queued(socket.take_queued(), &mut unsent);
+                if closing.code != close_code::ABNORMAL {
+                    websocket::encode_close(closing.code, closing.reason, &mut unsent);
+                    self.write_before_closing(stream, &mut unsent).await;
+                }
+                return Ending {
+                    status_code: closing.code,
+                    reason: closing.reason.into(),
+                };
+            }
+            if unsent.is_empty() {
+                let queued = socket.take_queued();
+                if !queued.is_empty()
+                    && let Err(error) = write_now(stream, queued, &mut unsent)
+                {
+                    return lost(error);
+                }
+            } else if let Err(error) = write_more(stream, &mut unsent) {
+                return lost(error);
+            }
+
+            tokio::select! {
+                () = socket.changed() => {}
+                ready = stream.readable() => {
+                    if let Err(error) = ready {
+                        return lost(error);
+                    }
+                    match read_some(stream, &mut decoder, &mut incoming) {
+                        Ok(Some(result)) => {
+                            socket.info.touch(now_ms());
+                            violation = result.err();
+                        }
+                        Ok(None) => {}
+                        Err(error) => return lost(error),
+                    }
+                }
+                ready = stream.writable(), if !unsent.is_empty() => {
+                    if let Err(error) = ready {
+                        return lost(error);
+                    }
+                }
+            }
+        }
     }
 
-    /// A frame the WebSocket layer itself rejects ends the stream: the client
-    /// is told why in an error frame, then the socket is closed with the code
-    /// RFC 6455 prescribes.
-    async fn refuse_unreadable(
+    /// Input the WebSocket layer itself refuses fails the connection: the
+    /// client is told why in an error frame where the protocol has a code for
+    /// it, then the socket is closed with the code RFC 6455 prescribes.
+    async fn fail(
         &self,
-        sink: &mut Sink,
+        stream: &TcpStream,
         connection_id: &str,
-        error: &axum::Error,
+        violation: Violation,
+        unsent: &mut Vec<u8>,
     ) -> Ending {
-        let detail = error.to_string();
-        let cause = std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<tungstenite::Error>());
-        let (code, close_with, message) = match cause {
-            Some(tungstenite::Error::Utf8(_)) => (
+        tracing::info!(connection_id, %violation, "unreadable frame; closing");
+        let told = match violation {
+            Violation::InvalidUtf8 => Some((
                 ErrorCode::BadRequest,
-                close_code::INVALID_PAYLOAD,
                 "text frame is not valid UTF-8".to_owned(),
-            ),
-            Some(tungstenite::Error::Capacity(_)) => (
+            )),
+            Violation::TooBig => Some((
                 ErrorCode::TooLarge,
-                close_code::TOO_BIG,
                 format!(
                     "messages are limited to {} bytes",
                     self.config.max_read_size
                 ),
-            ),
-            _ => {
-                tracing::info!(connection_id, %detail, "socket failed");
-                return Ending {
-                    status_code: 1006,
-                    reason: detail,
-                };
-            }
+            )),
+            Violation::Protocol(_) => None,
         };
-        tracing::info!(connection_id, %detail, "unreadable frame; closing");
-        let frame = Frame::from(&ServerFrame::error(code, message.clone()));
-        self.send(sink, Message::Text(text(frame))).await;
-        self.send(sink, close(close_with, &message)).await;
+        let reason = match told {
+            Some((code, message)) => {
+                let frame = Frame::from(&ServerFrame::error(code, message.clone()));
+                websocket::encode(websocket::opcode::TEXT, frame.as_bytes(), unsent);
+                message
+            }
+            None => violation.to_string(),
+        };
+        websocket::encode_close(violation.close_code(), &reason, unsent);
+        self.write_before_closing(stream, unsent).await;
         Ending {
-            status_code: close_with,
-            reason: message,
+            status_code: violation.close_code(),
+            reason,
+        }
+    }
+
+    /// Last words: written if the peer takes them within a moment.
+    async fn write_before_closing(&self, stream: &TcpStream, unsent: &mut Vec<u8>) {
+        let deadline = Instant::now() + CLOSE_GRACE;
+        while !unsent.is_empty() {
+            if write_more(stream, unsent).is_err() || unsent.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, stream.writable())
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 
@@ -338,16 +438,6 @@ impl<I: Integration> Gateway<I> {
             ),
         );
         let _ = self.sockets.try_push(connection_id, Frame::from(&frame));
-    }
-
-    /// Writes one message; false if the socket failed or the write could not
-    /// finish within the idle timeout (a peer that stopped reading is treated
-    /// like one that stopped answering pings).
-    async fn send(&self, sink: &mut Sink, message: Message) -> bool {
-        matches!(
-            tokio::time::timeout(self.config.idle_timeout, sink.send(message)).await,
-            Ok(Ok(()))
-        )
     }
 
     async fn disconnect(&self, connection_id: &str, info: &ConnectionInfo, ending: Ending) {
@@ -441,15 +531,131 @@ impl<I: Integration> Gateway<I> {
     }
 }
 
-fn text(frame: Frame) -> Utf8Bytes {
-    Utf8Bytes::try_from(frame.as_bytes().clone()).expect("frames are UTF-8")
+/// How long a closing socket may take to accept its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Reads what has arrived (once: the loop comes back while there is more):
+/// `None` when it was a false alarm, else whether it decoded cleanly.
+fn read_some(
+    stream: &TcpStream,
+    decoder: &mut websocket::Decoder,
+    incoming: &mut Vec<Incoming>,
+) -> io::Result<Option<Result<(), Violation>>> {
+    // On this function's stack, not in the socket's task: an idle socket
+    // holds no read buffer.
+    let mut buffer = [0u8; 16 * 1024];
+    match stream.try_read(&mut buffer) {
+        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(read) => Ok(Some(decoder.decode(&buffer[..read], incoming))),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
+fn encode_queued(queued: VecDeque<Outgoing>, out: &mut Vec<u8>) {
+    for item in queued {
+        match item {
+            Outgoing::Text(frame) => {
+                websocket::encode(websocket::opcode::TEXT, frame.as_bytes(), out)
+            }
+            Outgoing::Ping => websocket::encode(websocket::opcode::PING, &[], out),
+        }
+    }
+}
+
+thread_local! {
+    /// Where a burst of frames is encoded before its one write; only what the
+    /// socket does not take moves into the connection's own buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes `queued` and writes it in one system call; what the socket would
+/// not take is left in `unsent`.
+fn write_now(
+    stream: &TcpStream,
+    queued: VecDeque<Outgoing>,
+    unsent: &mut Vec<u8>,
+) -> io::Result<()> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        encode_queued(queued, scratch);
+        let written = match stream.try_write(scratch) {
+            Ok(written) => written,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(error) => return Err(error),
+        };
+        unsent.extend_from_slice(&scratch[written..]);
+        // A rare huge burst should not pin its memory to this thread.
+        if scratch.capacity() > 256 * 1024 {
+            *scratch = Vec::new();
+        }
+        Ok(())
+    })
+}
+
+/// Writes as much of `unsent` as the socket takes now.
+fn write_more(stream: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<()> {
+    match stream.try_write(unsent) {
+        Ok(written) if written == unsent.len() => *unsent = Vec::new(),
+        Ok(written) => {
+            unsent.drain(..written);
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+fn lost(error: io::Error) -> Ending {
+    let reason = if error.kind() == io::ErrorKind::UnexpectedEof {
+        "connection lost".to_owned()
+    } else {
+        error.to_string()
+    };
+    Ending {
+        status_code: close_code::ABNORMAL,
+        reason,
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a valid opening handshake (RFC 6455, 4.2.1),
+/// or the answer to one that is not.
+#[allow(clippy::result_large_err)] // Refusals are rare; the key is the hot path.
+fn handshake_key(headers: &HeaderMap) -> Result<&[u8], Response> {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "this is a WebSocket endpoint",
+        )
+            .into_response());
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|version| version != "13")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "only WebSocket version 13 is supported",
+        )
+            .into_response());
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if key.len() == 24 => Ok(key.as_bytes()),
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key",
+        )
+            .into_response()),
+    }
 }
 
 fn body_text(body: Option<Body>) -> String {
@@ -463,14 +669,4 @@ fn body_text(body: Option<Body>) -> String {
 /// A connection id shaped like API Gateway's: 16 URL-safe characters.
 fn new_connection_id() -> String {
     random_id(16)
-}
-
-fn random_id(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
 }

@@ -72,9 +72,10 @@ pub async fn get_connection<I: Integration>(
     if let Some(refusal) = refuse_remote(peer) {
         return refusal;
     }
-    let Some(info) = gateway.sockets().info(&connection_id) else {
+    let Some(socket) = gateway.sockets().socket(&connection_id) else {
         return gone();
     };
+    let info = &socket.info;
     Json(json!({
         "connectedAt": iso8601(info.connected_at_ms),
         "lastActiveAt": iso8601(info.last_active_ms()),
@@ -91,7 +92,11 @@ pub async fn delete_connection<I: Integration>(
     if let Some(refusal) = refuse_remote(peer) {
         return refusal;
     }
-    if gateway.sockets().close(&connection_id, close_code::NORMAL) {
+    if gateway.sockets().close(
+        &connection_id,
+        close_code::NORMAL,
+        "closed by the management API",
+    ) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         gone()

@@ -6,3 +6,4 @@ pub mod dynamodb;
 pub mod gateway;
 pub mod lambda;
 pub mod management;
+pub mod websocket;

@@ -1,18 +1,20 @@
 //! In-process delivery for chat-local: the registry of the sockets this
 //! process holds, which is also the pusher the handlers use.
 //!
-//! Each socket's task owns the receiving end of a bounded queue; the registry
-//! owns the only sender. Pushing is a non-blocking enqueue, so a fan-out to a
-//! room never waits on any one socket. Taking a connection out of the registry
-//! drops its sender, and its task then closes the socket once the frames
-//! already queued are written: that one mechanism serves a client's own close,
-//! the management API's DELETE, a slow reader and shutdown.
+//! Each socket has an outbox: a short queue its task drains, writing
+//! everything queued with one system call. Pushing is a non-blocking enqueue
+//! (a lock held for a few instructions, and a wake-up only when the queue was
+//! empty), so a fan-out to a room never waits on any one socket. Taking a
+//! socket out of the registry asks its task to close it; that one mechanism
+//! serves the management API's DELETE, a slow reader, keep-alive and
+//! shutdown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{Frame, PushError, Pusher};
 
@@ -23,6 +25,9 @@ pub const OUTBOUND_QUEUE: usize = 1024;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Never sent: the connection ended without a close frame.
+    pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
@@ -35,7 +40,6 @@ pub struct ConnectionInfo {
     pub source_ip: String,
     pub user_agent: String,
     last_active_ms: AtomicU64,
-    close_code: AtomicU16,
 }
 
 impl ConnectionInfo {
@@ -45,7 +49,6 @@ impl ConnectionInfo {
             source_ip,
             user_agent,
             last_active_ms: AtomicU64::new(connected_at_ms),
-            close_code: AtomicU16::new(close_code::NORMAL),
         }
     }
 
@@ -56,58 +59,159 @@ impl ConnectionInfo {
     pub fn last_active_ms(&self) -> u64 {
         self.last_active_ms.load(Ordering::Relaxed)
     }
-
-    /// The close code the socket task sends once its queue is dropped.
-    pub fn close_code(&self) -> u16 {
-        self.close_code.load(Ordering::Relaxed)
-    }
 }
 
-struct Entry {
-    outbound: mpsc::Sender<Frame>,
-    info: Arc<ConnectionInfo>,
+/// Something for a socket's task to write.
+#[derive(Debug)]
+pub enum Outgoing {
+    Text(Frame),
+    /// A keep-alive ping (the peer answers with a pong).
+    Ping,
+}
+
+/// Why and how the server ends a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    /// The close code sent, and reported by `$disconnect`;
+    /// [`close_code::ABNORMAL`] drops the connection without a close frame.
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// One socket as the registry holds it.
+#[derive(Debug)]
+pub struct LocalSocket {
+    pub info: ConnectionInfo,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    queued: VecDeque<Outgoing>,
+    closing: Option<Closing>,
+}
+
+enum Refused {
+    Full,
+    Closing,
+}
+
+impl LocalSocket {
+    pub fn new(info: ConnectionInfo) -> Self {
+        Self {
+            info,
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn enqueue(&self, item: Outgoing) -> Result<(), Refused> {
+        let mut outbox = self.outbox();
+        if outbox.closing.is_some() {
+            return Err(Refused::Closing);
+        }
+        if outbox.queued.len() >= OUTBOUND_QUEUE {
+            return Err(Refused::Full);
+        }
+        let was_empty = outbox.queued.is_empty();
+        outbox.queued.push_back(item);
+        drop(outbox);
+        // The task drains the whole queue when it wakes: one wake-up per
+        // burst, not one per frame.
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a keep-alive ping, unless the queue is busy anyway.
+    pub fn ping(&self) {
+        let _ = self.enqueue(Outgoing::Ping);
+    }
+
+    fn close(&self, closing: Closing) {
+        self.outbox().closing.get_or_insert(closing);
+        self.wake.notify_one();
+    }
+
+    /// Everything queued, oldest first (the queue's memory goes with it, so
+    /// an idle socket holds none).
+    pub fn take_queued(&self) -> VecDeque<Outgoing> {
+        std::mem::take(&mut self.outbox().queued)
+    }
+
+    pub fn closing(&self) -> Option<Closing> {
+        self.outbox().closing
+    }
+
+    /// Resolves once something was queued or a close was asked for since the
+    /// last call.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
 }
 
 #[derive(Clone, Default)]
 pub struct LocalPusher {
-    connections: Arc<DashMap<String, Entry>>,
+    sockets: Arc<DashMap<String, Arc<LocalSocket>>>,
 }
 
 impl LocalPusher {
-    /// Registers a socket and returns the queue its task writes from.
-    pub fn register(
-        &self,
-        connection_id: &str,
-        info: Arc<ConnectionInfo>,
-    ) -> mpsc::Receiver<Frame> {
-        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-        self.connections
-            .insert(connection_id.to_owned(), Entry { outbound, info });
-        queue
+    /// Registers a socket so that pushes reach it.
+    pub fn register(&self, connection_id: &str, info: ConnectionInfo) -> Arc<LocalSocket> {
+        let socket = Arc::new(LocalSocket::new(info));
+        self.sockets
+            .insert(connection_id.to_owned(), Arc::clone(&socket));
+        socket
     }
 
-    pub fn info(&self, connection_id: &str) -> Option<Arc<ConnectionInfo>> {
-        self.connections
-            .get(connection_id)
-            .map(|entry| Arc::clone(&entry.info))
+    pub fn socket(&self, connection_id: &str) -> Option<Arc<LocalSocket>> {
+        self.sockets.get(connection_id).map(|s| Arc::clone(&s))
     }
 
-    /// Closes a socket (after its queued frames) with `code`; false when it
-    /// was not connected.
-    pub fn close(&self, connection_id: &str, code: u16) -> bool {
-        match self.connections.remove(connection_id) {
-            Some((_, entry)) => {
-                entry.info.close_code.store(code, Ordering::Relaxed);
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Asks a socket's task to close it (after the frames already queued);
+    /// false when it was not connected. Pushes to it fail from now on.
+    pub fn close(&self, connection_id: &str, code: u16, reason: &'static str) -> bool {
+        match self.sockets.remove(connection_id) {
+            Some((_, socket)) => {
+                socket.close(Closing { code, reason });
                 true
             }
             None => false,
         }
     }
 
-    pub fn close_all(&self, code: u16) {
-        let ids: Vec<String> = self.connections.iter().map(|e| e.key().clone()).collect();
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        let ids: Vec<String> = self.sockets.iter().map(|e| e.key().clone()).collect();
         for id in ids {
-            self.close(&id, code);
+            self.close(&id, code, reason);
+        }
+    }
+
+    /// Calls `visit` with every registered socket; sockets it returns a
+    /// [`Closing`] for are closed afterwards (the registry cannot change while
+    /// it is being walked).
+    pub fn sweep(&self, mut visit: impl FnMut(&LocalSocket) -> Option<Closing>) {
+        let closing: Vec<(String, Closing)> = self
+            .sockets
+            .iter()
+            .filter_map(|entry| visit(entry.value()).map(|c| (entry.key().clone(), c)))
+            .collect();
+        for (id, Closing { code, reason }) in closing {
+            self.close(&id, code, reason);
         }
     }
 
@@ -115,24 +219,21 @@ impl LocalPusher {
     /// behind, and it is disconnected rather than let memory grow without
     /// bound or stall everyone else's delivery.
     pub fn try_push(&self, connection_id: &str, frame: Frame) -> Result<(), PushError> {
-        let full = {
-            let Some(entry) = self.connections.get(connection_id) else {
+        let refused = {
+            let Some(socket) = self.sockets.get(connection_id) else {
                 return Err(PushError::Gone);
             };
-            match entry.outbound.try_send(frame) {
+            match socket.enqueue(Outgoing::Text(frame)) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(refused) => refused,
             }
         };
-        if full {
+        if let Refused::Full = refused {
             tracing::warn!(
                 connection_id,
                 "outbound queue full; disconnecting slow reader"
             );
-            self.close(connection_id, close_code::POLICY);
-        } else {
-            self.connections.remove(connection_id);
+            self.close(connection_id, close_code::POLICY, "too slow to read");
         }
         Err(PushError::Gone)
     }
@@ -141,5 +242,15 @@ impl LocalPusher {
 impl Pusher for LocalPusher {
     async fn push(&self, connection_id: &str, frame: Frame) -> Result<(), PushError> {
         self.try_push(connection_id, frame)
+    }
+
+    /// Every push is an enqueue that never waits, so a plain loop beats
+    /// juggling futures (and allocates nothing per recipient).
+    async fn push_all(&self, recipients: &[&str], frame: &Frame, _: usize) -> Vec<String> {
+        recipients
+            .iter()
+            .filter(|id| self.try_push(id, frame.clone()).is_err())
+            .map(|id| (*id).to_owned())
+            .collect()
     }
 }

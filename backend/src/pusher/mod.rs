@@ -43,6 +43,12 @@ impl From<&ServerFrame> for Frame {
     }
 }
 
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+}
+
 impl From<String> for Frame {
     fn from(text: String) -> Self {
         Self(Bytes::from(text))
@@ -64,12 +70,24 @@ pub trait Pusher: Send + Sync + 'static {
         connection_id: &str,
         frame: Frame,
     ) -> impl Future<Output = Result<(), PushError>> + Send;
+
+    /// Delivers `frame` to every recipient and returns the ones that turned
+    /// out to be gone. One failing recipient never holds up or stops the
+    /// others. By default the posts run concurrently, `max_in_flight` at a
+    /// time; a pusher whose push never waits does better with a plain loop.
+    fn push_all(
+        &self,
+        recipients: &[&str],
+        frame: &Frame,
+        max_in_flight: usize,
+    ) -> impl Future<Output = Vec<String>> + Send {
+        fan_out(self, recipients, frame, max_in_flight)
+    }
 }
 
 /// Delivers `frame` to every recipient concurrently, at most `max_in_flight`
-/// at a time, and returns the ones that turned out to be gone. One failing
-/// recipient never holds up or stops the others.
-pub async fn fan_out<P: Pusher>(
+/// at a time, and returns the ones that turned out to be gone.
+pub async fn fan_out<P: Pusher + ?Sized>(
     pusher: &P,
     recipients: &[&str],
     frame: &Frame,
@@ -96,7 +114,7 @@ pub async fn fan_out<P: Pusher>(
     }
 }
 
-async fn deliver<'a, P: Pusher>(
+async fn deliver<'a, P: Pusher + ?Sized>(
     pusher: &P,
     connection_id: &'a str,
     frame: Frame,

@@ -15,16 +15,21 @@ use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+    KeyType, Projection, ProjectionType, PutRequest, ReturnValue, ScalarAttributeType,
+    TimeToLiveSpecification, WriteRequest,
 };
 use shared::{ChatMessage, Name, Room};
 
-use super::{Connection, Member, Store, StoreError};
+use super::{Connection, Member, Members, Store, StoreError};
 
 pub const ROOM_INDEX: &str = "room-index";
 const TTL_ATTRIBUTE: &str = "expiresAt";
+/// DynamoDB's limit of items per BatchWriteItem.
+pub const BATCH_WRITE_MAX: usize = 25;
+/// Rounds of retrying unprocessed items before a batch counts as failed.
+const BATCH_WRITE_ATTEMPTS: u32 = 8;
 
-type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 /// Table names and retention; the defaults suit a deployment and chat-local.
 #[derive(Debug, Clone)]
@@ -89,6 +94,11 @@ impl DynamoStore {
         if !self.table_exists(&self.config.connections_table).await? {
             self.create_connections_table().await?;
         }
+        self.ensure_messages_table().await
+    }
+
+    /// Creates the messages table (with its TTL) if it does not exist yet.
+    pub async fn ensure_messages_table(&self) -> Result<(), StoreError> {
         if !self.table_exists(&self.config.messages_table).await? {
             self.create_messages_table().await?;
         }
@@ -257,6 +267,76 @@ impl DynamoStore {
         })
     }
 
+    /// A message as the messages table stores it.
+    pub fn message_item(&self, message: &ChatMessage) -> Item {
+        HashMap::from([
+            ("room".to_owned(), s(&message.room)),
+            ("id".to_owned(), s(&message.id)),
+            ("name".to_owned(), s(&message.name)),
+            ("data".to_owned(), s(&message.data)),
+            ("ts".to_owned(), n(message.ts)),
+            (
+                TTL_ATTRIBUTE.to_owned(),
+                self.expiry(message.ts, self.config.message_ttl),
+            ),
+        ])
+    }
+
+    /// Writes up to [`BATCH_WRITE_MAX`] message items in one BatchWriteItem,
+    /// retrying what DynamoDB leaves unprocessed (throttling) with backoff.
+    /// Either every item is written or the call fails.
+    ///
+    /// BatchWriteItem takes no condition expressions; message ids are unique
+    /// by construction (time plus 64 random bits), so nothing is overwritten.
+    pub async fn put_message_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        debug_assert!(items.len() <= BATCH_WRITE_MAX);
+        let table = &self.config.messages_table;
+        let mut requests = items
+            .into_iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(build_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut backoff = Duration::from_millis(10);
+        for attempt in 1.. {
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(backend("BatchWriteItem"))?;
+            requests = output
+                .unprocessed_items
+                .and_then(|mut unprocessed| unprocessed.remove(table))
+                .unwrap_or_default();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            if attempt == BATCH_WRITE_ATTEMPTS {
+                break;
+            }
+            tracing::debug!(
+                unprocessed = requests.len(),
+                attempt,
+                "retrying unprocessed writes"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        Err(StoreError::Backend {
+            operation: "BatchWriteItem",
+            message: format!(
+                "{} items still unprocessed after {BATCH_WRITE_ATTEMPTS} attempts",
+                requests.len()
+            ),
+        })
+    }
+
     fn expiry(&self, now_ms: u64, ttl: Duration) -> AttributeValue {
         n(now_ms / 1000 + ttl.as_secs())
     }
@@ -342,7 +422,7 @@ impl Store for DynamoStore {
             .transpose()
     }
 
-    async fn room_members(&self, room: &str) -> Result<Vec<Member>, StoreError> {
+    async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         let table = &self.config.connections_table;
         let mut members = Vec::new();
         let mut start_key = None;
@@ -362,13 +442,13 @@ impl Store for DynamoStore {
                 .map_err(backend("Query"))?;
             for item in page.items() {
                 members.push(Member {
-                    connection_id: required_s(item, "connectionId", table)?.to_owned(),
-                    name: required_s(item, "name", table)?.to_owned(),
+                    connection_id: required_s(item, "connectionId", table)?.into(),
+                    name: required_s(item, "name", table)?.into(),
                 });
             }
             start_key = page.last_evaluated_key;
             if start_key.is_none() {
-                return Ok(members);
+                return Ok(members.into());
             }
         }
     }
@@ -377,15 +457,7 @@ impl Store for DynamoStore {
         self.client
             .put_item()
             .table_name(&self.config.messages_table)
-            .item("room", s(&message.room))
-            .item("id", s(&message.id))
-            .item("name", s(&message.name))
-            .item("data", s(&message.data))
-            .item("ts", n(message.ts))
-            .item(
-                TTL_ATTRIBUTE,
-                self.expiry(message.ts, self.config.message_ttl),
-            )
+            .set_item(Some(self.message_item(message)))
             // Ids are unique by construction; this makes an impossible clash
             // fail loudly instead of overwriting a message.
             .condition_expression("attribute_not_exists(id)")

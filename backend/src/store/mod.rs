@@ -1,12 +1,20 @@
 //! Where connections and messages live.
 //!
-//! The one adapter is DynamoDB ([`dynamodb::DynamoStore`]): on AWS it talks to
-//! the real service, locally to the `dynoxide` engine that chat-local embeds,
-//! so every local run exercises the code that runs in production.
+//! Two adapters:
+//! - [`dynamodb::DynamoStore`]: everything in DynamoDB, what Lambda runs (and
+//!   chat-local with `--store dynamodb`), against the real service or the
+//!   `dynoxide` engine chat-local embeds.
+//! - [`local::LocalStore`]: chat-local's own. Its sockets live and die with
+//!   the process, so connections and rooms are kept in memory; messages still
+//!   go to DynamoDB, several at a time ([`group_commit`]), and recent history
+//!   is served from memory.
 
 pub mod dynamodb;
+pub mod group_commit;
+pub mod local;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use shared::{ChatMessage, Name, Room};
 
@@ -22,14 +30,19 @@ pub struct Connection {
     pub connected_at: u64,
 }
 
-/// A room member, as fan-out and the member list need it.
+/// A room member, as fan-out and the member list need it. Shared strings:
+/// an in-memory member list is copied on every join and leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub connection_id: String,
-    pub name: String,
+    pub connection_id: Arc<str>,
+    pub name: Arc<str>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// A room's members at one moment, shared rather than copied: a fan-out holds
+/// it without allocating anything per recipient.
+pub type Members = Arc<[Member]>;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {operation} failed: {message}")]
     Backend {
@@ -80,10 +93,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
     /// Every member of `room`, across as many pages as it takes.
-    fn room_members(
-        &self,
-        room: &str,
-    ) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+    fn room_members(&self, room: &str) -> impl Future<Output = Result<Members, StoreError>> + Send;
 
     fn save_message(
         &self,

@@ -91,6 +91,12 @@ impl Server {
         if let Some(endpoint) = options.dynamodb_endpoint {
             command.args(["--dynamodb-endpoint", endpoint]);
         }
+        // The socket suite runs once per store (`.ci/test` sets this).
+        if !options.extra.contains(&"--store")
+            && let Ok(store) = std::env::var("CHAT_TEST_STORE")
+        {
+            command.args(["--store", &store]);
+        }
         let mut child = command.spawn().expect("chat-local starts");
         let stdout = child.stdout.take().unwrap();
         let (ready, address) = mpsc::channel();
@@ -152,6 +158,14 @@ impl Server {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Kills the server with SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

@@ -1,0 +1,330 @@
+//! chat-local's store: connections and rooms in memory, history durable.
+//!
+//! chat-local holds its sockets itself, so a connection record cannot outlive
+//! the process (a restart drops them all anyway): keeping connections and
+//! room membership in memory loses nothing and makes a join, a leave or a
+//! disconnect cost O(room size) in memory instead of DynamoDB round trips.
+//! Messages still go to DynamoDB (the embedded engine, or any endpoint), in
+//! group-committed batches, and each room's recent history is kept in memory
+//! once it has been read, for joins.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shared::limits::HISTORY_LEN;
+use shared::{ChatMessage, Name, Room};
+
+use super::dynamodb::DynamoStore;
+use super::group_commit::GroupCommit;
+use super::{Connection, Member, Members, Store, StoreError};
+
+pub struct LocalStore {
+    membership: Mutex<Membership>,
+    history: Mutex<HashMap<Arc<str>, RoomHistory>>,
+    messages: DynamoStore,
+    writer: GroupCommit,
+}
+
+#[derive(Default)]
+struct Membership {
+    connections: HashMap<Arc<str>, Record>,
+    /// Copy-on-write member lists: a fan-out holds one without a lock.
+    rooms: HashMap<Arc<str>, Members>,
+}
+
+struct Record {
+    connected_at: u64,
+    room: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+}
+
+enum RoomHistory {
+    /// Being read from DynamoDB; messages saved meanwhile wait here so the
+    /// read cannot miss them.
+    Loading { saved_meanwhile: Vec<ChatMessage> },
+    /// The latest messages, oldest first, at most [`HISTORY_LEN`].
+    Ready(VecDeque<ChatMessage>),
+}
+
+impl LocalStore {
+    /// Must be called within a Tokio runtime (it starts the history writer).
+    pub fn new(messages: DynamoStore) -> Self {
+        Self {
+            membership: Mutex::default(),
+            history: Mutex::default(),
+            writer: GroupCommit::start(messages.clone()),
+            messages,
+        }
+    }
+
+    fn membership(&self) -> MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn history(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHistory>> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the cached history of rooms nobody is in: memory stays
+    /// bounded by the rooms in use, and a later join reads it again.
+    fn forget_history_of(&self, emptied: Option<Arc<str>>) {
+        if let Some(room) = emptied {
+            let mut history = self.history();
+            if let Some(RoomHistory::Ready(_)) = history.get(&room) {
+                history.remove(&room);
+            }
+        }
+    }
+}
+
+impl Membership {
+    fn record(&self, connection_id: &str) -> Option<Connection> {
+        let (id, record) = self.connections.get_key_value(connection_id)?;
+        Some(Connection {
+            connection_id: id.to_string(),
+            room: record.room.as_deref().map(str::to_owned),
+            name: record.name.as_deref().map(str::to_owned),
+            connected_at: record.connected_at,
+        })
+    }
+
+    fn enter(&mut self, room: &Arc<str>, member: Member) {
+        let members = self
+            .rooms
+            .entry(Arc::clone(room))
+            .or_insert_with(|| Arc::new([]));
+        *members = members.iter().cloned().chain([member]).collect();
+    }
+
+    /// Takes `connection_id` out of `room`; the room when that emptied it.
+    fn exit(&mut self, room: &str, connection_id: &str) -> Option<Arc<str>> {
+        let (name, members) = self.rooms.get_key_value(room)?;
+        let remaining: Members = members
+            .iter()
+            .filter(|member| &*member.connection_id != connection_id)
+            .cloned()
+            .collect();
+        let name = Arc::clone(name);
+        if remaining.is_empty() {
+            self.rooms.remove(room);
+            Some(name)
+        } else {
+            self.rooms.insert(name, remaining);
+            None
+        }
+    }
+}
+
+impl Store for LocalStore {
+    async fn add_connection(
+        &self,
+        connection_id: &str,
+        connected_at: u64,
+        membership: Option<(&Room, &Name)>,
+    ) -> Result<(), StoreError> {
+        let id: Arc<str> = connection_id.into();
+        let mut state = self.membership();
+        let (room, name) = match membership {
+            Some((room, name)) => {
+                let (room, name): (Arc<str>, Arc<str>) =
+                    (room.as_str().into(), name.as_str().into());
+                state.enter(
+                    &room,
+                    Member {
+                        connection_id: Arc::clone(&id),
+                        name: Arc::clone(&name),
+                    },
+                );
+                (Some(room), Some(name))
+            }
+            None => (None, None),
+        };
+        state.connections.insert(
+            id,
+            Record {
+                connected_at,
+                room,
+                name,
+            },
+        );
+        Ok(())
+    }
+
+    async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        Ok(self.membership().record(connection_id))
+    }
+
+    async fn join_room(
+        &self,
+        connection_id: &str,
+        room: &Room,
+        name: &Name,
+    ) -> Result<Option<Connection>, StoreError> {
+        let emptied = {
+            let mut state = self.membership();
+            let Some(previous) = state.record(connection_id) else {
+                return Ok(None);
+            };
+            let emptied = match &previous.room {
+                Some(old) => state.exit(old, connection_id),
+                None => None,
+            };
+            let (id, room, name): (Arc<str>, Arc<str>, Arc<str>) = (
+                connection_id.into(),
+                room.as_str().into(),
+                name.as_str().into(),
+            );
+            state.enter(
+                &room,
+                Member {
+                    connection_id: Arc::clone(&id),
+                    name: Arc::clone(&name),
+                },
+            );
+            let record = state
+                .connections
+                .get_mut(connection_id)
+                .expect("looked up above, under the same lock");
+            record.room = Some(room);
+            record.name = Some(name);
+            (emptied, previous)
+        };
+        self.forget_history_of(emptied.0);
+        Ok(Some(emptied.1))
+    }
+
+    async fn leave_room(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        let (emptied, previous) = {
+            let mut state = self.membership();
+            let Some(previous) = state.record(connection_id) else {
+                return Ok(None);
+            };
+            let emptied = match &previous.room {
+                Some(old) => state.exit(old, connection_id),
+                None => None,
+            };
+            if let Some(record) = state.connections.get_mut(connection_id) {
+                record.room = None;
+            }
+            (emptied, previous)
+        };
+        self.forget_history_of(emptied);
+        Ok(Some(previous))
+    }
+
+    async fn remove_connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<Connection>, StoreError> {
+        let (emptied, previous) = {
+            let mut state = self.membership();
+            let Some(previous) = state.record(connection_id) else {
+                return Ok(None);
+            };
+            let emptied = match &previous.room {
+                Some(old) => state.exit(old, connection_id),
+                None => None,
+            };
+            state.connections.remove(connection_id);
+            (emptied, previous)
+        };
+        self.forget_history_of(emptied);
+        Ok(Some(previous))
+    }
+
+    async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
+        Ok(self
+            .membership()
+            .rooms
+            .get(room)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([])))
+    }
+
+    async fn save_message(&self, message: &ChatMessage) -> Result<(), StoreError> {
+        self.writer
+            .save(self.messages.message_item(message))
+            .await?;
+        match self.history().get_mut(message.room.as_str()) {
+            Some(RoomHistory::Ready(recent)) => insert_in_order(recent, message.clone()),
+            Some(RoomHistory::Loading { saved_meanwhile }) => saved_meanwhile.push(message.clone()),
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        if limit > HISTORY_LEN {
+            return self.messages.recent_messages(room, limit).await;
+        }
+        {
+            let mut history = self.history();
+            match history.get(room) {
+                Some(RoomHistory::Ready(recent)) => {
+                    return Ok(recent
+                        .range(recent.len().saturating_sub(limit)..)
+                        .cloned()
+                        .collect());
+                }
+                // Someone else is reading it; read too rather than wait.
+                Some(RoomHistory::Loading { .. }) => {}
+                None => {
+                    history.insert(
+                        room.into(),
+                        RoomHistory::Loading {
+                            saved_meanwhile: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        let read = self.messages.recent_messages(room, HISTORY_LEN).await;
+        let mut history = self.history();
+        let loaded = match (read, history.remove(room)) {
+            (Ok(read), Some(RoomHistory::Loading { saved_meanwhile })) => {
+                let mut recent = VecDeque::from(read);
+                for message in saved_meanwhile {
+                    insert_in_order(&mut recent, message);
+                }
+                recent
+            }
+            (Ok(read), Some(RoomHistory::Ready(recent))) => {
+                history.insert(room.into(), RoomHistory::Ready(recent));
+                return Ok(tail(read, limit));
+            }
+            (Ok(read), None) => return Ok(tail(read, limit)),
+            (Err(error), _) => return Err(error),
+        };
+        let messages = loaded
+            .range(loaded.len().saturating_sub(limit)..)
+            .cloned()
+            .collect();
+        // Cached only while someone is in the room (see forget_history_of).
+        if self.membership().rooms.contains_key(room) {
+            history.insert(room.into(), RoomHistory::Ready(loaded));
+        }
+        Ok(messages)
+    }
+}
+
+/// Adds a message to a room's recent history, keeping id order (concurrent
+/// batches may finish out of order) and at most [`HISTORY_LEN`] messages.
+fn insert_in_order(recent: &mut VecDeque<ChatMessage>, message: ChatMessage) {
+    if recent.iter().any(|m| m.id == message.id) {
+        return;
+    }
+    let at = recent.partition_point(|m| m.id < message.id);
+    recent.insert(at, message);
+    while recent.len() > HISTORY_LEN {
+        recent.pop_front();
+    }
+}
+
+fn tail(mut messages: Vec<ChatMessage>, limit: usize) -> Vec<ChatMessage> {
+    messages.drain(..messages.len().saturating_sub(limit));
+    messages
+}

@@ -1,0 +1,442 @@
+//! chat-bench: puts a chat deployment under load and checks every delivery.
+//!
+//! Point it at any chat WebSocket URL (chat-local, the Node reference in
+//! `bench/node`, or a deployed `wss://` stage). Modes:
+//! - `chat`: R rooms × K clients each send M messages (closed loop, or at a
+//!   fixed rate); every message must reach exactly the K members of its room,
+//!   once, and nobody else. Reports loss, duplicates, cross-room deliveries,
+//!   errors, latency percentiles and deliveries per second.
+//! - `idle`: N joined clients that stay quiet (memory per connection).
+//! - `storm`: N clients join, C at a time, then all vanish at once.
+//!
+//! With `--server-pid` (a server on this machine) it also reads the server's
+//! CPU time and resident memory from `/proc` around each phase.
+
+mod client;
+mod server;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::client::{ChatOutcome, ChatPlan, Client};
+use crate::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Load tool for the chat, with exact delivery accounting"
+)]
+struct Args {
+    /// The chat's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", global = true)]
+    url: String,
+    /// A server process on this machine whose CPU and memory to report.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// End with one JSON object on stdout (the human summary goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Clients connecting at once.
+    #[arg(long, default_value_t = 200, global = true)]
+    concurrency: usize,
+    /// Give up on a phase after this long.
+    #[arg(long, default_value = "120", global = true, value_name = "SECONDS")]
+    timeout: u64,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Rooms of clients exchanging messages; checks every delivery.
+    Chat {
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Messages each client sends.
+        #[arg(long, default_value_t = 40)]
+        messages: usize,
+        /// Messages per second per client; 0 sends the next message as soon
+        /// as the client's previous one came back (closed loop).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Pad each message to this many bytes.
+        #[arg(long, default_value_t = 0)]
+        size: usize,
+    },
+    /// Joined clients that stay quiet: memory per idle connection.
+    Idle {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Wait this long after the last join before measuring.
+        #[arg(long, default_value_t = 2)]
+        settle: u64,
+        /// Keep the clients connected this many seconds more.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Clients join, `--concurrency` at a time, then all vanish at once
+    /// (no close frames).
+    Storm {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    raise_open_file_limit();
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("chat-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the mode; `Ok(false)` when the accounting found a fault.
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let server = args.server_pid.map(Server::new).transpose()?;
+    let timeout = Duration::from_secs(args.timeout);
+    let run_id = format!("{:x}", std::process::id() ^ (client::now_ns() as u32));
+    let (summary, report, ok) = match args.mode {
+        Mode::Chat {
+            rooms,
+            clients,
+            messages,
+            rate,
+            size,
+        } => {
+            let plan = ChatPlan {
+                rooms,
+                clients,
+                messages,
+                rate,
+                size,
+                timeout,
+            };
+            chat(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
+        }
+        Mode::Idle {
+            rooms,
+            clients,
+            settle,
+            hold,
+        } => {
+            let (summary, report) = idle(
+                &args.url,
+                &run_id,
+                (rooms, clients),
+                args.concurrency,
+                Duration::from_secs(settle),
+                server.as_ref(),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+            (summary, report, true)
+        }
+        Mode::Storm { rooms, clients } => {
+            let (summary, report) = storm(
+                &args.url,
+                &run_id,
+                (rooms, clients),
+                args.concurrency,
+                server.as_ref(),
+            )
+            .await?;
+            (summary, report, true)
+        }
+    };
+    if args.json {
+        eprintln!("{summary}");
+        println!("{report}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(ok)
+}
+
+async fn chat(
+    url: &str,
+    run_id: &str,
+    plan: ChatPlan,
+    concurrency: usize,
+    server: Option<&Server>,
+) -> anyhow::Result<(String, serde_json::Value, bool)> {
+    let total = plan.rooms * plan.clients;
+    eprintln!(
+        "joining {total} clients into {} rooms ({} at a time)",
+        plan.rooms, concurrency
+    );
+    let clients = join_all(
+        url,
+        run_id,
+        plan.rooms,
+        plan.clients,
+        concurrency,
+        plan.timeout,
+    )
+    .await?;
+
+    let expected = (plan.rooms * plan.clients * plan.messages * plan.clients) as u64;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let progress = progress_bar(expected, "deliveries");
+    let ticker = tokio::spawn({
+        let (delivered, progress) = (Arc::clone(&delivered), progress.clone());
+        async move {
+            loop {
+                progress.set_position(delivered.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+
+    let before = server.map(Server::sample).transpose()?;
+    let started = Instant::now();
+    let plan = Arc::new(plan);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let (plan, delivered) = (Arc::clone(&plan), Arc::clone(&delivered));
+            tokio::spawn(client.chat(plan, delivered))
+        })
+        .collect();
+    let mut outcome = ChatOutcome::default();
+    let mut finished = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (client, result) = task.await.context("a client task panicked")?;
+        outcome.merge(result);
+        finished.push(client);
+    }
+    let elapsed = started.elapsed();
+    let after = server.map(Server::sample).transpose()?;
+    ticker.abort();
+    progress.finish_and_clear();
+    drop(finished);
+
+    let latency = outcome.latency_percentiles();
+    let rate = outcome.delivered as f64 / elapsed.as_secs_f64();
+    let ok = outcome.delivered == expected
+        && outcome.duplicates == 0
+        && outcome.cross_room == 0
+        && outcome.errors == 0;
+    let mut summary = format!(
+        "{} rooms × {} clients × {} messages: delivered {}/{} ({} lost), {} duplicates, {} cross-room, {} errors\n\
+         {:.2} s, {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+        plan.rooms,
+        plan.clients,
+        plan.messages,
+        outcome.delivered,
+        expected,
+        expected.saturating_sub(outcome.delivered),
+        outcome.duplicates,
+        outcome.cross_room,
+        outcome.errors,
+        elapsed.as_secs_f64(),
+        rate,
+        latency[0],
+        latency[1],
+        latency[2],
+        latency[3],
+    );
+    let mut report = json!({
+        "mode": "chat",
+        "url": url,
+        "rooms": plan.rooms,
+        "clients": plan.clients,
+        "messages": plan.messages,
+        "expected": expected,
+        "delivered": outcome.delivered,
+        "duplicates": outcome.duplicates,
+        "cross_room": outcome.cross_room,
+        "errors": outcome.errors,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "deliveries_per_s": rate,
+        "latency_ms": {"p50": latency[0], "p90": latency[1], "p99": latency[2], "max": latency[3]},
+    });
+    if let (Some(before), Some(after)) = (before, after) {
+        let cpu_s = after.cpu_s - before.cpu_s;
+        let per_delivery = cpu_s * 1e6 / outcome.delivered.max(1) as f64;
+        summary += &format!(
+            "\nserver CPU {cpu_s:.2} s: {per_delivery:.2} µs per delivery; RSS {} KB",
+            after.rss_kb
+        );
+        report["server"] =
+            json!({"cpu_s": cpu_s, "cpu_us_per_delivery": per_delivery, "rss_kb": after.rss_kb});
+    }
+    Ok((summary, report, ok))
+}
+
+async fn idle(
+    url: &str,
+    run_id: &str,
+    (rooms, clients): (usize, usize),
+    concurrency: usize,
+    settle: Duration,
+    server: Option<&Server>,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let before = server.map(Server::sample).transpose()?;
+    let total = rooms * clients;
+    eprintln!("joining {total} idle clients into {rooms} rooms");
+    let joined = join_all(
+        url,
+        run_id,
+        rooms,
+        clients,
+        concurrency,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let readers: Vec<_> = joined
+        .into_iter()
+        .map(|c| tokio::spawn(c.drain()))
+        .collect();
+    tokio::time::sleep(settle).await;
+    let after = server.map(Server::sample).transpose()?;
+    let mut summary = format!("{total} idle clients joined");
+    let mut report = json!({"mode": "idle", "url": url, "connections": total});
+    if let (Some(before), Some(after)) = (before, after) {
+        let per_connection = (after.rss_kb as f64 - before.rss_kb as f64) * 1024.0 / total as f64;
+        summary += &format!(
+            "; server RSS {} KB → {} KB: {:.0} B per connection",
+            before.rss_kb, after.rss_kb, per_connection
+        );
+        report["server"] = json!({
+            "rss_before_kb": before.rss_kb,
+            "rss_after_kb": after.rss_kb,
+            "rss_per_connection_b": per_connection,
+        });
+    }
+    // Dropped when the caller is done holding them.
+    std::mem::forget(readers);
+    Ok((summary, report))
+}
+
+async fn storm(
+    url: &str,
+    run_id: &str,
+    (rooms, clients): (usize, usize),
+    concurrency: usize,
+    server: Option<&Server>,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let total = rooms * clients;
+    eprintln!("join storm: {total} clients into {rooms} rooms, {concurrency} at a time");
+    let before = server.map(Server::sample).transpose()?;
+    let started = Instant::now();
+    let joined = join_all(
+        url,
+        run_id,
+        rooms,
+        clients,
+        concurrency,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let join_s = started.elapsed().as_secs_f64();
+    let readers: Vec<_> = joined
+        .into_iter()
+        .map(|c| tokio::spawn(c.drain()))
+        .collect();
+    // Let the presence frames of the last joins settle before the drop.
+    let joined_cpu = match server {
+        Some(server) => {
+            let (_, quiet) = server.wait_until_quiet(Duration::from_secs(60)).await?;
+            Some(quiet.cpu_s - before.as_ref().expect("sampled").cpu_s)
+        }
+        None => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    };
+
+    eprintln!("disconnect storm: {total} clients vanish at once");
+    let dropped_at = server.map(Server::sample).transpose()?;
+    for reader in &readers {
+        reader.abort();
+    }
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let mut summary = format!("{total} clients joined in {join_s:.2} s");
+    let mut report = json!({"mode": "storm", "url": url, "connections": total, "join_s": join_s});
+    if let (Some(server), Some(dropped_at), Some(joined_cpu)) = (server, dropped_at, joined_cpu) {
+        let (quiet_after, quiet) = server.wait_until_quiet(Duration::from_secs(300)).await?;
+        let drop_cpu = quiet.cpu_s - dropped_at.cpu_s;
+        summary += &format!(
+            " (server CPU {joined_cpu:.2} s); after all vanished the server was quiet in {:.2} s (server CPU {drop_cpu:.2} s)",
+            quiet_after.as_secs_f64()
+        );
+        report["join_server_cpu_s"] = json!(joined_cpu);
+        report["quiet_after_drop_s"] = json!(quiet_after.as_secs_f64());
+        report["drop_server_cpu_s"] = json!(drop_cpu);
+    }
+    Ok((summary, report))
+}
+
+/// Connects and joins `rooms × clients` clients, `concurrency` at a time.
+async fn join_all(
+    url: &str,
+    run_id: &str,
+    rooms: usize,
+    clients: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Client>> {
+    let total = rooms * clients;
+    let progress = progress_bar(total as u64, "joined");
+    let joins = futures::stream::iter(0..total)
+        .map(|index| {
+            let room = format!("bench-{run_id}-{}", index / clients);
+            Client::join(url, room, index, clients, timeout)
+        })
+        .buffer_unordered(concurrency.max(1));
+    tokio::pin!(joins);
+    let mut joined = Vec::with_capacity(total);
+    while let Some(client) = joins.next().await {
+        joined.push(client?);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    joined.sort_by_key(|client| client.index);
+    Ok(joined)
+}
+
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}})"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// Thousands of sockets need more descriptors than the usual soft limit.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

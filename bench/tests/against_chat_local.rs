@@ -1,0 +1,164 @@
+//! The load tool against a real chat-local: exact accounting at a scale CI
+//! affords, in both of chat-local's store modes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// chat-local from the same build as this test (cargo builds the whole
+/// workspace's binaries before running tests).
+fn chat_local_binary() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_chat-bench"));
+    let binary = bench.with_file_name("chat-local");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p backend --bin chat-local` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+struct ChatLocal {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl ChatLocal {
+    fn start(store: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(chat_local_binary())
+            .args(["--addr", "127.0.0.1:0", "--store", store, "--data-dir"])
+            .arg(data.path())
+            .arg("--dist")
+            .arg(data.path())
+            .env("RUST_LOG", "warn,chat_local=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chat-local starts");
+        let (ready, address) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ready on http://") {
+                    let _ = ready.send(line[at + "ready on http://".len()..].trim().to_owned());
+                }
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chat-local reports its address");
+        Self {
+            child,
+            url: format!("ws://{addr}/ws"),
+            _data: data,
+        }
+    }
+
+    /// Runs chat-bench against this server; its exit status and JSON report.
+    fn bench(&self, mode: &[&str]) -> (bool, Value) {
+        let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+            .args([
+                "--url",
+                &self.url,
+                "--server-pid",
+                &self.child.id().to_string(),
+                "--json",
+            ])
+            .args(mode)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("chat-bench runs");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let report = stdout.lines().last().expect("a JSON report");
+        (
+            output.status.success(),
+            serde_json::from_str(report).expect("JSON"),
+        )
+    }
+}
+
+impl Drop for ChatLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_exact(ok: bool, report: &Value, expected: u64) {
+    assert_eq!(report["expected"], expected, "{report}");
+    assert_eq!(report["delivered"], expected, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["cross_room"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(ok, "chat-bench reported a fault: {report}");
+    assert!(report["server"]["cpu_s"].as_f64().is_some(), "{report}");
+}
+
+#[test]
+fn every_message_reaches_exactly_its_room_with_memberships_in_memory() {
+    let server = ChatLocal::start("memory");
+    let (ok, report) = server.bench(&[
+        "chat",
+        "--rooms",
+        "20",
+        "--clients",
+        "10",
+        "--messages",
+        "20",
+    ]);
+    assert_exact(ok, &report, 20 * 10 * 20 * 10);
+}
+
+#[test]
+fn every_message_reaches_exactly_its_room_with_memberships_in_dynamodb() {
+    let server = ChatLocal::start("dynamodb");
+    let (ok, report) =
+        server.bench(&["chat", "--rooms", "5", "--clients", "6", "--messages", "10"]);
+    assert_exact(ok, &report, 5 * 6 * 10 * 6);
+}
+
+#[test]
+fn paced_senders_are_counted_exactly_too() {
+    let server = ChatLocal::start("memory");
+    let (ok, report) = server.bench(&[
+        "chat",
+        "--rooms",
+        "3",
+        "--clients",
+        "4",
+        "--messages",
+        "10",
+        "--rate",
+        "50",
+        "--size",
+        "300",
+    ]);
+    assert_exact(ok, &report, 3 * 4 * 10 * 4);
+}
+
+#[test]
+fn a_join_and_disconnect_storm_leaves_the_server_quiet() {
+    let server = ChatLocal::start("memory");
+    let (ok, report) = server.bench(&[
+        "--concurrency",
+        "50",
+        "storm",
+        "--rooms",
+        "5",
+        "--clients",
+        "40",
+    ]);
+    assert!(ok, "{report}");
+    assert_eq!(report["connections"], 200);
+    assert!(report["quiet_after_drop_s"].as_f64().is_some(), "{report}");
+    // The server still serves a whole chat afterwards.
+    let (ok, report) = server.bench(&["chat", "--rooms", "2", "--clients", "3", "--messages", "5"]);
+    assert_exact(ok, &report, 2 * 3 * 5 * 3);
+}
