@@ -21,6 +21,9 @@ pub fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// How long a client keeps listening after its last expected message.
+const LINGER: Duration = Duration::from_millis(300);
+
 pub struct ChatPlan {
     pub rooms: usize,
     pub clients: usize,
@@ -152,11 +155,22 @@ impl Client {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             every
         });
-        if pace.is_none() && self.send(sent, plan.size).await.is_ok() {
+        if pace.is_none() {
+            if self.send(sent, plan.size).await.is_err() {
+                outcome.errors += 1;
+                return (self, outcome);
+            }
             sent += 1;
         }
-        while received < expected {
+        // Once everything has arrived, keep listening a moment: a duplicate
+        // or a stray from another room arriving late still counts.
+        let mut linger_until = None;
+        loop {
+            if received == expected && linger_until.is_none() {
+                linger_until = Some(tokio::time::Instant::now() + LINGER);
+            }
             let next = tokio::select! {
+                () = async { tokio::time::sleep_until(linger_until.expect("guarded")).await }, if linger_until.is_some() => break,
                 next = self.socket.next() => next,
                 _ = async { pace.as_mut().expect("guarded").tick().await }, if pace.is_some() && sent < plan.messages => {
                     if self.send(sent, plan.size).await.is_err() {

@@ -101,6 +101,14 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let args = Args::parse();
+    if args.ping_interval.is_zero() || args.ping_interval >= args.idle_timeout {
+        anyhow::bail!(
+            "--ping-interval ({:?}) must be above zero and below --idle-timeout ({:?}), or quiet clients are dropped unpinged",
+            args.ping_interval,
+            args.idle_timeout
+        );
+    }
+    raise_open_file_limit();
 
     // The store: the embedded engine unless told otherwise.
     let (client, embedded) = match &args.dynamodb_endpoint {
@@ -265,8 +273,8 @@ async fn serve<I: Integration>(
     tracing::info!("shutting down");
     drop(listener);
     let grace = Duration::from_secs(5);
-    gateway.shut_down(grace).await;
     stopping.cancel();
+    gateway.shut_down(grace).await;
     connections.close();
     if tokio::time::timeout(grace, connections.wait())
         .await
@@ -275,6 +283,20 @@ async fn serve<I: Integration>(
         tracing::warn!("some HTTP requests did not finish in time");
     }
     Ok(())
+}
+
+/// Every socket is a file descriptor: take the hard limit, not the (often
+/// 1024) soft one.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM from a service manager.

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use shared::limits::SERVER_FRAME_MAX_BYTES;
 use shared::{ErrorCode, ServerFrame};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
@@ -208,32 +209,51 @@ impl<I: Integration> Gateway<I> {
         // connection, others may push to it, and those frames must wait in its
         // queue rather than find it gone.
         let socket = gateway.sockets.register(&connection_id, info);
-        let response = Box::pin(gateway.integration.invoke(event)).await;
-        if !(200..300).contains(&response.status_code) {
+        if gateway.shutting_down.load(Ordering::SeqCst) {
             gateway
                 .sockets
-                .close(&connection_id, close_code::NORMAL, "connect refused");
-            let status = u16::try_from(response.status_code)
-                .ok()
-                .and_then(|code| StatusCode::from_u16(code).ok())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, body_text(response.body)).into_response();
+                .close(&connection_id, close_code::GOING_AWAY, "shutting down");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+                .into_response();
         }
 
+        // The rest runs in a task of its own, so that a client hanging up
+        // during `$connect` (which drops this request) still gets its
+        // `$disconnect` once `$connect` has recorded it.
+        let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
         tasks.spawn(async move {
-            let stream = match on_upgrade
-                .await
-                .map(|upgraded| upgraded.downcast::<TokioIo<TcpStream>>())
-            {
-                Ok(Ok(parts)) => Some((parts.io.into_inner(), parts.read_buf)),
-                Ok(Err(_)) => {
-                    tracing::error!(connection_id, "the upgraded connection is not a TCP stream");
-                    None
-                }
-                Err(error) => {
-                    tracing::info!(connection_id, %error, "upgrade failed after $connect");
-                    None
+            let response = Box::pin(gateway.integration.invoke(event)).await;
+            if !(200..300).contains(&response.status_code) {
+                gateway
+                    .sockets
+                    .close(&connection_id, close_code::NORMAL, "connect refused");
+                let _ = answer.send(Err(response));
+                return;
+            }
+            let stream = if answer.send(Ok(())).is_err() {
+                tracing::info!(connection_id, "the client left during $connect");
+                None
+            } else {
+                match on_upgrade
+                    .await
+                    .map(|upgraded| upgraded.downcast::<TokioIo<TcpStream>>())
+                {
+                    Ok(Ok(parts)) => Some((parts.io.into_inner(), parts.read_buf)),
+                    Ok(Err(_)) => {
+                        tracing::error!(
+                            connection_id,
+                            "the upgraded connection is not a TCP stream"
+                        );
+                        None
+                    }
+                    Err(error) => {
+                        tracing::info!(connection_id, %error, "upgrade failed after $connect");
+                        None
+                    }
                 }
             };
             let ending = match stream {
@@ -254,6 +274,17 @@ impl<I: Integration> Gateway<I> {
                 .disconnect(&connection_id, &socket.info, ending)
                 .await;
         });
+        match answered.await {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => {
+                let status = u16::try_from(refused.status_code)
+                    .ok()
+                    .and_then(|code| StatusCode::from_u16(code).ok())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (status, body_text(refused.body)).into_response();
+            }
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
         (
             StatusCode::SWITCHING_PROTOCOLS,
             [
@@ -335,6 +366,13 @@ impl<I: Integration> Gateway<I> {
                     reason: closing.reason.into(),
                 };
             }
+            if !unsent.is_empty()
+                && let Err(error) = write_more(stream, &mut unsent)
+            {
+                return lost(error);
+            }
+            // Checked again after every write that emptied `unsent`: frames
+            // queued meanwhile woke nobody (the queue was not empty).
             if unsent.is_empty() {
                 let queued = socket.take_queued();
                 if !queued.is_empty()
@@ -342,13 +380,13 @@ impl<I: Integration> Gateway<I> {
                 {
                     return lost(error);
                 }
-            } else if let Err(error) = write_more(stream, &mut unsent) {
-                return lost(error);
             }
 
             tokio::select! {
                 () = socket.changed() => {}
-                ready = stream.readable() => {
+                // A peer that sends (pings, say) but does not read stops
+                // being read until it catches up.
+                ready = stream.readable(), if unsent.len() < MAX_UNSENT => {
                     if let Err(error) = ready {
                         return lost(error);
                     }
@@ -411,18 +449,33 @@ impl<I: Integration> Gateway<I> {
         }
     }
 
-    /// Last words: written if the peer takes them within a moment.
+    /// Last words, then a lingering close: the close frame is written if the
+    /// peer takes it within a moment, our side is shut, and what the peer
+    /// still sends is read and dropped until it hangs up. Closing the socket
+    /// with unread input would reset the connection, and the peer could lose
+    /// the close frame and its code.
     async fn write_before_closing(&self, stream: &TcpStream, unsent: &mut Vec<u8>) {
         let deadline = Instant::now() + CLOSE_GRACE;
         while !unsent.is_empty() {
-            if write_more(stream, unsent).is_err() || unsent.is_empty() {
+            if write_more(stream, unsent).is_err() {
                 return;
             }
-            if tokio::time::timeout_at(deadline, stream.writable())
-                .await
-                .is_err()
+            if !unsent.is_empty()
+                && tokio::time::timeout_at(deadline, stream.writable())
+                    .await
+                    .is_err()
             {
                 return;
+            }
+        }
+        shut_down_writes(stream);
+        let mut discard = [0u8; 4096];
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, stream.readable()).await {
+            match stream.try_read(&mut discard) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     }
@@ -531,8 +584,11 @@ impl<I: Integration> Gateway<I> {
     }
 }
 
-/// How long a closing socket may take to accept its last frames.
+/// How long a closing socket may take to accept its last frames and close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Bytes waiting for a socket beyond which it is no longer read from.
+const MAX_UNSENT: usize = 256 * 1024;
 
 /// Reads what has arrived (once: the loop comes back while there is more):
 /// `None` when it was a false alarm, else whether it decoded cleanly.
@@ -606,6 +662,15 @@ fn write_more(stream: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends FIN: the peer reads the end of the stream after our last frame.
+fn shut_down_writes(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `stream` is borrowed.
+    unsafe {
+        libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+    }
+}
+
 fn lost(error: io::Error) -> Ending {
     let reason = if error.kind() == io::ErrorKind::UnexpectedEof {
         "connection lost".to_owned()
@@ -648,8 +713,15 @@ fn handshake_key(headers: &HeaderMap) -> Result<&[u8], Response> {
         )
             .into_response());
     }
+    // A nonce: 16 bytes, base64-encoded.
     match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if key.len() == 24 => Ok(key.as_bytes()),
+        Some(key)
+            if base64::engine::general_purpose::STANDARD
+                .decode(key.as_bytes())
+                .is_ok_and(|nonce| nonce.len() == 16) =>
+        {
+            Ok(key.as_bytes())
+        }
         _ => Err((
             StatusCode::BAD_REQUEST,
             "missing or malformed Sec-WebSocket-Key",

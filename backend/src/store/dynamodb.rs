@@ -28,6 +28,7 @@ const TTL_ATTRIBUTE: &str = "expiresAt";
 pub const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of retrying unprocessed items before a batch counts as failed.
 const BATCH_WRITE_ATTEMPTS: u32 = 8;
+const BATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -303,12 +304,19 @@ impl DynamoStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut backoff = Duration::from_millis(10);
         for attempt in 1.. {
-            let output = self
+            let request = self
                 .client
                 .batch_write_item()
                 .request_items(table, requests)
-                .send()
+                .send();
+            // Saves wait on this: a store that hangs must fail them, not
+            // stall every sender.
+            let output = tokio::time::timeout(BATCH_WRITE_TIMEOUT, request)
                 .await
+                .map_err(|_| StoreError::Backend {
+                    operation: "BatchWriteItem",
+                    message: format!("no answer within {BATCH_WRITE_TIMEOUT:?}"),
+                })?
                 .map_err(backend("BatchWriteItem"))?;
             requests = output
                 .unprocessed_items
