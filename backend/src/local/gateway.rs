@@ -204,7 +204,9 @@ impl<I: Integration> Gateway<I> {
             .unwrap_or_default()
             .to_owned();
         let info = ConnectionInfo::new(now_ms(), peer.ip().to_string(), user_agent);
-        let event = gateway.connect_event(&connection_id, &info, headers, query);
+        // Boxed: the task below keeps what it captures for the socket's whole
+        // life, and the event is large.
+        let event = Box::new(gateway.connect_event(&connection_id, &info, headers, query));
         // Registered before `$connect` runs: once the handler records the
         // connection, others may push to it, and those frames must wait in its
         // queue rather than find it gone.
@@ -226,7 +228,7 @@ impl<I: Integration> Gateway<I> {
         let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
         tasks.spawn(async move {
-            let response = Box::pin(gateway.integration.invoke(event)).await;
+            let response = Box::pin(gateway.integration.invoke(*event)).await;
             if !(200..300).contains(&response.status_code) {
                 gateway
                     .sockets
@@ -342,7 +344,7 @@ impl<I: Integration> Gateway<I> {
                             code
                         };
                         websocket::encode_close(echo, "", &mut unsent);
-                        self.write_before_closing(stream, &mut unsent).await;
+                        Box::pin(self.write_before_closing(stream, &mut unsent)).await;
                         return Ending {
                             status_code: code,
                             reason,
@@ -351,15 +353,13 @@ impl<I: Integration> Gateway<I> {
                 }
             }
             if let Some(violation) = violation.take() {
-                return self
-                    .fail(stream, connection_id, violation, &mut unsent)
-                    .await;
+                return Box::pin(self.fail(stream, connection_id, violation, &mut unsent)).await;
             }
             if let Some(closing) = socket.closing() {
                 encode_queued(socket.take_queued(), &mut unsent);
                 if closing.code != close_code::ABNORMAL {
                     websocket::encode_close(closing.code, closing.reason, &mut unsent);
-                    self.write_before_closing(stream, &mut unsent).await;
+                    Box::pin(self.write_before_closing(stream, &mut unsent)).await;
                 }
                 return Ending {
                     status_code: closing.code,
@@ -469,13 +469,9 @@ impl<I: Integration> Gateway<I> {
             }
         }
         shut_down_writes(stream);
-        let mut discard = [0u8; 4096];
         while let Ok(Ok(())) = tokio::time::timeout_at(deadline, stream.readable()).await {
-            match stream.try_read(&mut discard) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+            if !discard_input(stream) {
+                return;
             }
         }
     }
@@ -660,6 +656,18 @@ fn write_more(stream: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<()> {
         Err(error) => return Err(error),
     }
     Ok(())
+}
+
+/// Reads and drops what has arrived; false once the peer has hung up.
+fn discard_input(stream: &TcpStream) -> bool {
+    // Not in the socket's task: a buffer there would be held by every idle
+    // socket.
+    let mut discard = [0u8; 4096];
+    match stream.try_read(&mut discard) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Sends FIN: the peer reads the end of the stream after our last frame.
