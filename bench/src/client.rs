@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -98,7 +98,8 @@ impl Client {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let joining = async {
-            let (mut socket, _) = connect_async(url)
+            // Nagle off, as chat servers set it: small frames go out at once.
+            let (mut socket, _) = connect_async_with_config(url, None, true)
                 .await
                 .with_context(|| format!("cannot connect to {url}"))?;
             let join =

@@ -356,7 +356,9 @@ async fn storm(
     // Let the presence frames of the last joins settle before the drop.
     let joined_cpu = match server {
         Some(server) => {
-            let (_, quiet) = server.wait_until_quiet(Duration::from_secs(60)).await?;
+            let (_, quiet) = server
+                .wait_until_quiet(Instant::now(), Duration::from_secs(60))
+                .await?;
             Some(quiet.cpu_s - before.as_ref().expect("sampled").cpu_s)
         }
         None => {
@@ -367,6 +369,7 @@ async fn storm(
 
     eprintln!("disconnect storm: {total} clients vanish at once");
     let dropped_at = server.map(Server::sample).transpose()?;
+    let drop_started = Instant::now();
     for reader in &readers {
         reader.abort();
     }
@@ -376,7 +379,9 @@ async fn storm(
     let mut summary = format!("{total} clients joined in {join_s:.2} s");
     let mut report = json!({"mode": "storm", "url": url, "connections": total, "join_s": join_s});
     if let (Some(server), Some(dropped_at), Some(joined_cpu)) = (server, dropped_at, joined_cpu) {
-        let (quiet_after, quiet) = server.wait_until_quiet(Duration::from_secs(300)).await?;
+        let (quiet_after, quiet) = server
+            .wait_until_quiet(drop_started, Duration::from_secs(300))
+            .await?;
         let drop_cpu = quiet.cpu_s - dropped_at.cpu_s;
         summary += &format!(
             " (server CPU {joined_cpu:.2} s); after all vanished the server was quiet in {:.2} s (server CPU {drop_cpu:.2} s)",

@@ -49,8 +49,12 @@ impl Server {
     }
 
     /// Waits until the server has used no CPU for a quarter of a second;
-    /// returns when it last did (from now) and the sample then.
-    pub async fn wait_until_quiet(&self, limit: Duration) -> anyhow::Result<(Duration, Sample)> {
+    /// returns when it last did (from `since`) and the sample then.
+    pub async fn wait_until_quiet(
+        &self,
+        since: Instant,
+        limit: Duration,
+    ) -> anyhow::Result<(Duration, Sample)> {
         let started = Instant::now();
         let mut last = self.sample()?;
         let mut last_busy = started;
@@ -61,7 +65,7 @@ impl Server {
                 last_busy = Instant::now();
                 last = now;
             } else if last_busy.elapsed() >= Duration::from_millis(250) {
-                return Ok((last_busy - started, now));
+                return Ok((last_busy.saturating_duration_since(since), now));
             }
         }
         anyhow::bail!("the server was still busy after {limit:?}")

@@ -34,6 +34,12 @@ use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use tracing_subscriber::EnvFilter;
 
+/// Under chat load a tenth of the CPU went to glibc's malloc and free (many
+/// small, short-lived allocations across threads); mimalloc does that work
+/// in a fraction of the time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,

@@ -227,7 +227,7 @@ impl<I: Integration> Gateway<I> {
         // `$disconnect` once `$connect` has recorded it.
         let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
-        tasks.spawn(async move {
+        let task = async move {
             let response = Box::pin(gateway.integration.invoke(*event)).await;
             if !(200..300).contains(&response.status_code) {
                 gateway
@@ -275,7 +275,9 @@ impl<I: Integration> Gateway<I> {
             gateway
                 .disconnect(&connection_id, &socket.info, ending)
                 .await;
-        });
+        };
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "socket task");
+        tasks.spawn(task);
         match answered.await {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => {
@@ -496,7 +498,9 @@ impl<I: Integration> Gateway<I> {
         let mut event = self.event(connection_id, info, "$disconnect", "DISCONNECT");
         event.request_context.disconnect_status_code = Some(i64::from(ending.status_code));
         event.request_context.disconnect_reason = Some(ending.reason);
-        self.integration.invoke(event).await;
+        // Boxed like every invocation: the handler's future is large, and a
+        // socket's task is sized for its largest state for its whole life.
+        Box::pin(self.integration.invoke(event)).await;
     }
 
     fn connect_event(
