@@ -294,19 +294,7 @@ async fn idle(
     let before = server.map(Server::sample).transpose()?;
     let total = rooms * clients;
     eprintln!("joining {total} idle clients into {rooms} rooms");
-    let joined = join_all(
-        url,
-        run_id,
-        rooms,
-        clients,
-        concurrency,
-        Duration::from_secs(300),
-    )
-    .await?;
-    let readers: Vec<_> = joined
-        .into_iter()
-        .map(|c| tokio::spawn(c.drain()))
-        .collect();
+    let readers = join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
     tokio::time::sleep(settle).await;
     let after = server.map(Server::sample).transpose()?;
     let mut summary = format!("{total} idle clients joined");
@@ -339,20 +327,8 @@ async fn storm(
     eprintln!("join storm: {total} clients into {rooms} rooms, {concurrency} at a time");
     let before = server.map(Server::sample).transpose()?;
     let started = Instant::now();
-    let joined = join_all(
-        url,
-        run_id,
-        rooms,
-        clients,
-        concurrency,
-        Duration::from_secs(300),
-    )
-    .await?;
+    let readers = join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
     let join_s = started.elapsed().as_secs_f64();
-    let readers: Vec<_> = joined
-        .into_iter()
-        .map(|c| tokio::spawn(c.drain()))
-        .collect();
     // Let the presence frames of the last joins settle before the drop.
     let joined_cpu = match server {
         Some(server) => {
@@ -392,6 +368,29 @@ async fn storm(
         report["drop_server_cpu_s"] = json!(drop_cpu);
     }
     Ok((summary, report))
+}
+
+/// Joins clients that then only listen (and so answer pings); each task
+/// ends, dropping its socket, when aborted.
+async fn join_and_listen(
+    url: &str,
+    run_id: &str,
+    (rooms, clients): (usize, usize),
+    concurrency: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let joined = join_all(
+        url,
+        run_id,
+        rooms,
+        clients,
+        concurrency,
+        Duration::from_secs(300),
+    )
+    .await?;
+    Ok(joined
+        .into_iter()
+        .map(|c| tokio::spawn(c.drain()))
+        .collect())
 }
 
 /// Connects and joins `rooms × clients` clients, `concurrency` at a time.

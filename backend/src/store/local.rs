@@ -65,6 +65,27 @@ impl LocalStore {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes a recorded connection out of its room, then applies `then` under
+    /// the same lock; the record as it was before, `None` when there is none.
+    fn take_out(
+        &self,
+        connection_id: &str,
+        then: impl FnOnce(&mut Membership),
+    ) -> Option<Connection> {
+        let (emptied, previous) = {
+            let mut state = self.membership();
+            let previous = state.record(connection_id)?;
+            let emptied = previous
+                .room
+                .as_deref()
+                .and_then(|old| state.exit(old, connection_id));
+            then(&mut state);
+            (emptied, previous)
+        };
+        self.forget_history_of(emptied);
+        Some(previous)
+    }
+
     /// Forgets the cached history of rooms nobody is in: memory stays
     /// bounded by the rooms in use, and a later join reads it again.
     fn forget_history_of(&self, emptied: Option<Arc<str>>) {
@@ -160,76 +181,37 @@ impl Store for LocalStore {
         room: &Room,
         name: &Name,
     ) -> Result<Option<Connection>, StoreError> {
-        let emptied = {
-            let mut state = self.membership();
-            let Some(previous) = state.record(connection_id) else {
-                return Ok(None);
-            };
-            let emptied = match &previous.room {
-                Some(old) => state.exit(old, connection_id),
-                None => None,
-            };
-            let (id, room, name): (Arc<str>, Arc<str>, Arc<str>) = (
-                connection_id.into(),
-                room.as_str().into(),
-                name.as_str().into(),
-            );
+        Ok(self.take_out(connection_id, |state| {
+            let (room, name): (Arc<str>, Arc<str>) = (room.as_str().into(), name.as_str().into());
             state.enter(
                 &room,
                 Member {
-                    connection_id: Arc::clone(&id),
+                    connection_id: connection_id.into(),
                     name: Arc::clone(&name),
                 },
             );
-            let record = state
-                .connections
-                .get_mut(connection_id)
-                .expect("looked up above, under the same lock");
-            record.room = Some(room);
-            record.name = Some(name);
-            (emptied, previous)
-        };
-        self.forget_history_of(emptied.0);
-        Ok(Some(emptied.1))
+            if let Some(record) = state.connections.get_mut(connection_id) {
+                record.room = Some(room);
+                record.name = Some(name);
+            }
+        }))
     }
 
     async fn leave_room(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
-        let (emptied, previous) = {
-            let mut state = self.membership();
-            let Some(previous) = state.record(connection_id) else {
-                return Ok(None);
-            };
-            let emptied = match &previous.room {
-                Some(old) => state.exit(old, connection_id),
-                None => None,
-            };
+        Ok(self.take_out(connection_id, |state| {
             if let Some(record) = state.connections.get_mut(connection_id) {
                 record.room = None;
             }
-            (emptied, previous)
-        };
-        self.forget_history_of(emptied);
-        Ok(Some(previous))
+        }))
     }
 
     async fn remove_connection(
         &self,
         connection_id: &str,
     ) -> Result<Option<Connection>, StoreError> {
-        let (emptied, previous) = {
-            let mut state = self.membership();
-            let Some(previous) = state.record(connection_id) else {
-                return Ok(None);
-            };
-            let emptied = match &previous.room {
-                Some(old) => state.exit(old, connection_id),
-                None => None,
-            };
+        Ok(self.take_out(connection_id, |state| {
             state.connections.remove(connection_id);
-            (emptied, previous)
-        };
-        self.forget_history_of(emptied);
-        Ok(Some(previous))
+        }))
     }
 
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
