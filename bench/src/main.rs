@@ -311,8 +311,9 @@ async fn idle(
             "rss_per_connection_b": per_connection,
         });
     }
-    // Dropped when the caller is done holding them.
-    std::mem::forget(readers);
+    // Detached, not aborted: the clients stay connected (for `--hold`) until
+    // the process exits.
+    drop(readers);
     Ok((summary, report))
 }
 

@@ -174,14 +174,6 @@ impl LocalPusher {
         self.sockets.get(connection_id).map(|s| Arc::clone(&s))
     }
 
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
     /// Asks a socket's task to close it (after the frames already queued);
     /// false when it was not connected. Pushes to it fail from now on.
     pub fn close(&self, connection_id: &str, code: u16, reason: &'static str) -> bool {

@@ -43,12 +43,6 @@ impl From<&ServerFrame> for Frame {
     }
 }
 
-impl From<Bytes> for Frame {
-    fn from(bytes: Bytes) -> Self {
-        Self(bytes)
-    }
-}
-
 impl From<String> for Frame {
     fn from(text: String) -> Self {
         Self(Bytes::from(text))

@@ -246,12 +246,7 @@ impl Store for LocalStore {
         {
             let mut history = self.history();
             match history.get(room) {
-                Some(RoomHistory::Ready(recent)) => {
-                    return Ok(recent
-                        .range(recent.len().saturating_sub(limit)..)
-                        .cloned()
-                        .collect());
-                }
+                Some(RoomHistory::Ready(recent)) => return Ok(latest(recent, limit)),
                 // Someone else is reading it; read too rather than wait.
                 Some(RoomHistory::Loading { .. }) => {}
                 None => {
@@ -266,30 +261,36 @@ impl Store for LocalStore {
         }
         let read = self.messages.recent_messages(room, HISTORY_LEN).await;
         let mut history = self.history();
-        let loaded = match (read, history.remove(room)) {
-            (Ok(read), Some(RoomHistory::Loading { saved_meanwhile })) => {
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                // A later join reads again; a cache someone else made stays.
+                if let Some(RoomHistory::Loading { .. }) = history.get(room) {
+                    history.remove(room);
+                }
+                return Err(error);
+            }
+        };
+        match history.remove(room) {
+            Some(RoomHistory::Loading { saved_meanwhile }) => {
                 let mut recent = VecDeque::from(read);
                 for message in saved_meanwhile {
                     insert_in_order(&mut recent, message);
                 }
-                recent
+                let messages = latest(&recent, limit);
+                // Cached only while someone is in the room (see forget_history_of).
+                if self.membership().rooms.contains_key(room) {
+                    history.insert(room.into(), RoomHistory::Ready(recent));
+                }
+                Ok(messages)
             }
-            (Ok(read), Some(RoomHistory::Ready(recent))) => {
-                history.insert(room.into(), RoomHistory::Ready(recent));
-                return Ok(tail(read, limit));
+            // Another reader cached it meanwhile: keep theirs.
+            Some(ready) => {
+                history.insert(room.into(), ready);
+                Ok(latest(&VecDeque::from(read), limit))
             }
-            (Ok(read), None) => return Ok(tail(read, limit)),
-            (Err(error), _) => return Err(error),
-        };
-        let messages = loaded
-            .range(loaded.len().saturating_sub(limit)..)
-            .cloned()
-            .collect();
-        // Cached only while someone is in the room (see forget_history_of).
-        if self.membership().rooms.contains_key(room) {
-            history.insert(room.into(), RoomHistory::Ready(loaded));
+            None => Ok(latest(&VecDeque::from(read), limit)),
         }
-        Ok(messages)
     }
 }
 
@@ -306,7 +307,10 @@ fn insert_in_order(recent: &mut VecDeque<ChatMessage>, message: ChatMessage) {
     }
 }
 
-fn tail(mut messages: Vec<ChatMessage>, limit: usize) -> Vec<ChatMessage> {
-    messages.drain(..messages.len().saturating_sub(limit));
-    messages
+/// The latest `limit` messages, oldest first.
+fn latest(recent: &VecDeque<ChatMessage>, limit: usize) -> Vec<ChatMessage> {
+    recent
+        .range(recent.len().saturating_sub(limit)..)
+        .cloned()
+        .collect()
 }
