@@ -526,3 +526,69 @@ async fn a_sigkill_loses_no_message_that_anyone_received() {
     );
     drop(restarted);
 }
+
+#[tokio::test]
+async fn a_bad_websocket_handshake_is_refused_with_a_clear_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let handshake = |headers: &str| {
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
+            server.addr
+        );
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            // A refusal ends with the connection; an accepted socket stays
+            // open, so its head is all there is to read.
+            let mut response = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                let read = stream.read(&mut chunk).await.unwrap();
+                response.extend_from_slice(&chunk[..read]);
+                let text = String::from_utf8_lossy(&response);
+                if read == 0 || (text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n")) {
+                    return text.into_owned();
+                }
+            }
+        }
+    };
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    // A plain GET is told this is a WebSocket endpoint.
+    let plain = handshake("").await;
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    assert!(plain.contains("WebSocket endpoint"), "{plain}");
+    // Another protocol version is told which one is spoken.
+    let version = handshake(&format!(
+        "{upgrade}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    ))
+    .await;
+    assert!(version.starts_with("HTTP/1.1 426"), "{version}");
+    assert!(
+        version
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{version}"
+    );
+    // A key that is not 16 bytes of base64 is a bad request.
+    for key in [
+        "",
+        "Sec-WebSocket-Key: short\r\n",
+        "Sec-WebSocket-Key: ########################\r\n",
+    ] {
+        let refused = handshake(&format!("{upgrade}Sec-WebSocket-Version: 13\r\n{key}")).await;
+        assert!(refused.starts_with("HTTP/1.1 400"), "{key:?}: {refused}");
+        assert!(refused.contains("Sec-WebSocket-Key"), "{refused}");
+    }
+    // The RFC's example handshake is accepted with the RFC's answer.
+    let accepted = handshake(&format!(
+        "{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    ))
+    .await;
+    assert!(accepted.starts_with("HTTP/1.1 101"), "{accepted}");
+    assert!(
+        accepted.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{accepted}"
+    );
+}
