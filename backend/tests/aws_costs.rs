@@ -193,7 +193,7 @@ async fn the_aws_path_costs_what_it_did() {
 
 #[tokio::test]
 async fn chat_local_keeps_only_messages_in_dynamodb() {
-    let rows = measure(LocalStore::new, 5).await;
+    let rows = measure(|store| LocalStore::new(store.clone(), store), 5).await;
     print("LocalStore (chat-local), room of 5 + 1:", &rows);
     let expected = [
         ("$connect", counts(&[]), 0),

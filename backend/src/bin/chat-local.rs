@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         StoreConfig {
             connections_table: args.connections_table,
-            messages_table: args.messages_table,
+            messages_table: args.messages_table.clone(),
             ..StoreConfig::default()
         },
     );
@@ -172,12 +172,17 @@ async fn main() -> anyhow::Result<()> {
             serve(Gateway::new(invoker, sockets, gateway_config), addr, dist).await?;
         }
         // The handlers in this process, pushing straight into its sockets.
+        // History written by the embedded engine in process when there is
+        // one, else in BatchWriteItem requests.
         None if in_memory => {
-            let chat = Chat::new(
-                LocalStore::new(dynamo),
-                sockets.clone(),
-                ChatConfig::default(),
-            );
+            let store = match &embedded {
+                Some(engine) => {
+                    let writer = engine.history_writer(&args.messages_table);
+                    LocalStore::new(dynamo, writer)
+                }
+                None => LocalStore::new(dynamo.clone(), dynamo),
+            };
+            let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
             serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
         }
         None => {

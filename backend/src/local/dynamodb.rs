@@ -1,5 +1,16 @@
 //! DynamoDB for chat-local: the `dynoxide` engine (SQLite-backed) served on a
 //! loopback port inside this process, or any other endpoint the user names.
+//!
+//! Message history, the one write on chat-local's hot path, skips the
+//! loopback: [`EmbeddedHistoryWriter`] hands each group of messages to the
+//! engine's bulk import in process, one SQLite transaction per group with one
+//! prepared insert. Through the SDK and the engine's HTTP server the same
+//! write cost more than the chat itself (request signing, two JSON encodings,
+//! loopback TCP), and the engine commits every BatchWriteItem item on its own,
+//! preparing its SQL afresh each time. The items are the very ones the
+//! DynamoDB adapter builds, validated by the engine as a put would be, and
+//! everything else (table setup, history reads) still speaks the DynamoDB API
+//! over HTTP, as `--store dynamodb` and the Lambda functions do.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +19,12 @@ use std::time::Duration;
 use anyhow::Context;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use dynoxide::Database;
+use aws_sdk_dynamodb::types::AttributeValue as SdkValue;
+use dynoxide::{AttributeValue as EngineValue, Database, ImportOptions};
+
+use crate::store::StoreError;
+use crate::store::dynamodb::Item;
+use crate::store::group_commit::GroupWriter;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,6 +36,7 @@ const TTL_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// leaves the server running until the runtime ends.
 pub struct EmbeddedDynamo {
     pub endpoint: String,
+    database: Database,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
     sweeper: JoinHandle<()>,
@@ -64,26 +81,38 @@ impl EmbeddedDynamo {
                 }
             }
         });
-        let sweeper = tokio::spawn(async move {
-            let mut every = tokio::time::interval(TTL_SWEEP_EVERY);
-            loop {
-                every.tick().await;
-                let database = database.clone();
-                match tokio::task::spawn_blocking(move || database.sweep_ttl()).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(deleted)) => tracing::debug!(deleted, "expired items swept"),
-                    Ok(Err(error)) => tracing::warn!(%error, "TTL sweep failed"),
-                    Err(error) => tracing::warn!(%error, "TTL sweep panicked"),
+        let sweeper = tokio::spawn({
+            let database = database.clone();
+            async move {
+                let mut every = tokio::time::interval(TTL_SWEEP_EVERY);
+                loop {
+                    every.tick().await;
+                    let database = database.clone();
+                    match tokio::task::spawn_blocking(move || database.sweep_ttl()).await {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(deleted)) => tracing::debug!(deleted, "expired items swept"),
+                        Ok(Err(error)) => tracing::warn!(%error, "TTL sweep failed"),
+                        Err(error) => tracing::warn!(%error, "TTL sweep panicked"),
+                    }
                 }
             }
         });
         tracing::info!(%endpoint, path = %path.display(), "embedded DynamoDB ready");
         Ok(Self {
             endpoint,
+            database,
             stop,
             server,
             sweeper,
         })
+    }
+
+    /// Writes groups of message items into `table` in process.
+    pub fn history_writer(&self, table: &str) -> EmbeddedHistoryWriter {
+        EmbeddedHistoryWriter {
+            database: self.database.clone(),
+            table: table.to_owned(),
+        }
     }
 
     /// Stops serving and waits for requests in flight, so SQLite closes
@@ -115,4 +144,118 @@ pub async fn external_client(endpoint: &str) -> Client {
         .load()
         .await;
     Client::new(&config)
+}
+
+/// Writes message groups into the embedded engine without HTTP: one SQLite
+/// commit per group. Message ids are unique, so an import (insert or
+/// replace, no conditions, no stream records: the table has no stream)
+/// writes exactly what a put would.
+pub struct EmbeddedHistoryWriter {
+    database: Database,
+    table: String,
+}
+
+impl GroupWriter for EmbeddedHistoryWriter {
+    /// Bounds how long the first message of a group waits for the rest.
+    const MAX_ITEMS: usize = 100;
+    const OPERATION: &'static str = "ImportItems";
+
+    async fn write_group(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        let failed = |message: String| StoreError::Backend {
+            operation: Self::OPERATION,
+            message,
+        };
+        let items = items
+            .into_iter()
+            .map(engine_item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        // SQLite blocks: off the async workers.
+        let (database, table) = (self.database.clone(), self.table.clone());
+        tokio::task::spawn_blocking(move || {
+            database.import_items(&table, items, ImportOptions::default())
+        })
+        .await
+        .map_err(|error| failed(format!("the write did not finish: {error}")))?
+        .map_err(|error| failed(error.to_string()))?;
+        Ok(())
+    }
+}
+
+fn engine_item(item: Item) -> Result<dynoxide::Item, String> {
+    item.into_iter()
+        .map(|(name, value)| Ok((name, engine_value(value)?)))
+        .collect()
+}
+
+/// The SDK's attribute value as the engine's.
+fn engine_value(value: SdkValue) -> Result<EngineValue, String> {
+    Ok(match value {
+        SdkValue::S(text) => EngineValue::S(text),
+        SdkValue::N(number) => EngineValue::N(number),
+        SdkValue::B(bytes) => EngineValue::B(bytes.into_inner()),
+        SdkValue::Bool(flag) => EngineValue::BOOL(flag),
+        SdkValue::Null(flag) => EngineValue::NULL(flag),
+        SdkValue::Ss(texts) => EngineValue::SS(texts),
+        SdkValue::Ns(numbers) => EngineValue::NS(numbers),
+        SdkValue::Bs(blobs) => EngineValue::BS(blobs.into_iter().map(|b| b.into_inner()).collect()),
+        SdkValue::L(values) => EngineValue::L(
+            values
+                .into_iter()
+                .map(engine_value)
+                .collect::<Result<_, _>>()?,
+        ),
+        SdkValue::M(map) => EngineValue::M(engine_item(map)?),
+        other => {
+            return Err(format!(
+                "an attribute value the engine does not know: {other:?}"
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::primitives::Blob;
+
+    use super::*;
+
+    #[test]
+    fn every_sdk_attribute_type_becomes_the_engines() {
+        let item = Item::from([
+            ("s".to_owned(), SdkValue::S("text".into())),
+            ("n".to_owned(), SdkValue::N("12.5".into())),
+            ("b".to_owned(), SdkValue::B(Blob::new(vec![1, 2]))),
+            ("bool".to_owned(), SdkValue::Bool(true)),
+            ("null".to_owned(), SdkValue::Null(true)),
+            ("ss".to_owned(), SdkValue::Ss(vec!["a".into()])),
+            ("ns".to_owned(), SdkValue::Ns(vec!["1".into()])),
+            ("bs".to_owned(), SdkValue::Bs(vec![Blob::new(vec![3])])),
+            (
+                "l".to_owned(),
+                SdkValue::L(vec![SdkValue::M(Item::from([(
+                    "inner".to_owned(),
+                    SdkValue::S("deep".into()),
+                )]))]),
+            ),
+        ]);
+        let expected = dynoxide::Item::from([
+            ("s".to_owned(), EngineValue::S("text".into())),
+            ("n".to_owned(), EngineValue::N("12.5".into())),
+            ("b".to_owned(), EngineValue::B(vec![1, 2])),
+            ("bool".to_owned(), EngineValue::BOOL(true)),
+            ("null".to_owned(), EngineValue::NULL(true)),
+            ("ss".to_owned(), EngineValue::SS(vec!["a".into()])),
+            ("ns".to_owned(), EngineValue::NS(vec!["1".into()])),
+            ("bs".to_owned(), EngineValue::BS(vec![vec![3]])),
+            (
+                "l".to_owned(),
+                EngineValue::L(vec![EngineValue::M(dynoxide::Item::from([(
+                    "inner".to_owned(),
+                    EngineValue::S("deep".into()),
+                )]))]),
+            ),
+        ]);
+        assert_eq!(engine_item(item), Ok(expected));
+    }
 }

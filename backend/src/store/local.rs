@@ -15,7 +15,7 @@ use shared::limits::HISTORY_LEN;
 use shared::{ChatMessage, Name, Room};
 
 use super::dynamodb::DynamoStore;
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, GroupWriter};
 use super::{Connection, Member, Members, Store, StoreError};
 
 pub struct LocalStore {
@@ -48,11 +48,13 @@ enum RoomHistory {
 
 impl LocalStore {
     /// Must be called within a Tokio runtime (it starts the history writer).
-    pub fn new(messages: DynamoStore) -> Self {
+    /// History is read through `messages` and written in groups by
+    /// `writer`.
+    pub fn new(messages: DynamoStore, writer: impl GroupWriter) -> Self {
         Self {
             membership: Mutex::default(),
             history: Mutex::default(),
-            writer: GroupCommit::start(messages.clone()),
+            writer: GroupCommit::start(writer),
             messages,
         }
     }
