@@ -6,9 +6,11 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -228,13 +230,20 @@ impl<I: Integration> Gateway<I> {
         let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
         let task = async move {
-            let response = Box::pin(gateway.integration.invoke(*event)).await;
-            if !(200..300).contains(&response.status_code) {
-                gateway
-                    .sockets
-                    .close(&connection_id, close_code::NORMAL, "connect refused");
-                let _ = answer.send(Err(response));
-                return;
+            // Consumed by `call_boxed`, which frees the box (and the request
+            // headers in it) at once: a box this task merely moved out of
+            // would stay allocated for the socket's whole life.
+            // In a block of its own: the response is not kept in the task
+            // for the socket's whole life.
+            {
+                let response = gateway.call_boxed(event).await;
+                if !(200..300).contains(&{ response.status_code }) {
+                    gateway
+                        .sockets
+                        .close(&connection_id, close_code::NORMAL, "connect refused");
+                    let _ = answer.send(Err(response));
+                    return;
+                }
             }
             let stream = if answer.send(Ok(())).is_err() {
                 tracing::info!(connection_id, "the client left during $connect");
@@ -321,16 +330,17 @@ impl<I: Integration> Gateway<I> {
         let mut violation = decoder.decode(&read_ahead, &mut incoming).err();
         drop(read_ahead);
         loop {
-            for frame in incoming.drain(..) {
+            // Taken, not drained: an idle socket keeps no frame list.
+            for frame in std::mem::take(&mut incoming) {
                 match frame {
                     Incoming::Text(body) => {
                         let event = self.message_event(connection_id, &socket.info, body, false);
-                        Box::pin(self.integration.invoke(event)).await;
+                        self.call(event).await;
                     }
                     Incoming::Binary(body) => {
                         let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
                         let event = self.message_event(connection_id, &socket.info, encoded, true);
-                        Box::pin(self.integration.invoke(event)).await;
+                        self.call(event).await;
                     }
                     Incoming::TooLarge => self.refuse_too_large(connection_id),
                     Incoming::Ping(payload) => {
@@ -384,28 +394,37 @@ impl<I: Integration> Gateway<I> {
                 }
             }
 
-            tokio::select! {
-                () = socket.changed() => {}
+            // Polled by hand rather than with `select!`: its futures would
+            // live in every idle socket's task.
+            let wake = poll_fn(|cx| {
+                if socket.poll_changed(cx).is_ready() {
+                    return Poll::Ready(Ok(Wake::Queued));
+                }
                 // A peer that sends (pings, say) but does not read stops
                 // being read until it catches up.
-                ready = stream.readable(), if unsent.len() < MAX_UNSENT => {
-                    if let Err(error) = ready {
-                        return lost(error);
-                    }
-                    match read_some(stream, &mut decoder, &mut incoming) {
-                        Ok(Some(result)) => {
-                            socket.info.touch(now_ms());
-                            violation = result.err();
-                        }
-                        Ok(None) => {}
-                        Err(error) => return lost(error),
-                    }
+                if unsent.len() < MAX_UNSENT
+                    && let Poll::Ready(ready) = stream.poll_read_ready(cx)
+                {
+                    return Poll::Ready(ready.map(|()| Wake::Readable));
                 }
-                ready = stream.writable(), if !unsent.is_empty() => {
-                    if let Err(error) = ready {
-                        return lost(error);
-                    }
+                if !unsent.is_empty()
+                    && let Poll::Ready(ready) = stream.poll_write_ready(cx)
+                {
+                    return Poll::Ready(ready.map(|()| Wake::Writable));
                 }
+                Poll::Pending
+            });
+            match wake.await {
+                Err(error) => return lost(error),
+                Ok(Wake::Queued | Wake::Writable) => {}
+                Ok(Wake::Readable) => match read_some(stream, &mut decoder, &mut incoming) {
+                    Ok(Some(result)) => {
+                        socket.info.touch(now_ms());
+                        violation = result.err();
+                    }
+                    Ok(None) => {}
+                    Err(error) => return lost(error),
+                },
             }
         }
     }
@@ -491,16 +510,45 @@ impl<I: Integration> Gateway<I> {
         let _ = self.sockets.try_push(connection_id, Frame::from(&frame));
     }
 
-    async fn disconnect(&self, connection_id: &str, info: &ConnectionInfo, ending: Ending) {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return;
+    /// The integration's answer to `event`, its future on the heap.
+    ///
+    /// Every invocation goes through here, from plain functions: a handler's
+    /// future is large, and so is the event; a socket's task is sized for its
+    /// largest state for its whole life, and an async fn that held an event
+    /// across an await would keep room for it even after moving it out.
+    fn call(
+        &self,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> Pin<Box<impl Future<Output = ApiGatewayProxyResponse> + Send + '_>> {
+        Box::pin(self.integration.invoke(event))
+    }
+
+    /// [`Self::call`] for a boxed event, freeing the box at once.
+    fn call_boxed(
+        &self,
+        event: Box<ApiGatewayWebsocketProxyRequest>,
+    ) -> Pin<Box<impl Future<Output = ApiGatewayProxyResponse> + Send + '_>> {
+        self.call(*event)
+    }
+
+    /// `$disconnect`, unless the whole gateway is shutting down.
+    fn disconnect(
+        &self,
+        connection_id: &str,
+        info: &ConnectionInfo,
+        ending: Ending,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let call = (!self.shutting_down.load(Ordering::SeqCst)).then(|| {
+            let mut event = self.event(connection_id, info, "$disconnect", "DISCONNECT");
+            event.request_context.disconnect_status_code = Some(i64::from(ending.status_code));
+            event.request_context.disconnect_reason = Some(ending.reason);
+            self.call(event)
+        });
+        async move {
+            if let Some(call) = call {
+                call.await;
+            }
         }
-        let mut event = self.event(connection_id, info, "$disconnect", "DISCONNECT");
-        event.request_context.disconnect_status_code = Some(i64::from(ending.status_code));
-        event.request_context.disconnect_reason = Some(ending.reason);
-        // Boxed like every invocation: the handler's future is large, and a
-        // socket's task is sized for its largest state for its whole life.
-        Box::pin(self.integration.invoke(event)).await;
     }
 
     fn connect_event(
@@ -681,6 +729,13 @@ fn shut_down_writes(stream: &TcpStream) {
     unsafe {
         libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
     }
+}
+
+/// What woke a socket's task.
+enum Wake {
+    Queued,
+    Readable,
+    Writable,
 }
 
 fn lost(error: io::Error) -> Ending {

@@ -10,11 +10,12 @@
 //! shutdown.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use super::{Frame, PushError, Pusher};
 
@@ -83,7 +84,11 @@ pub struct Closing {
 pub struct LocalSocket {
     pub info: ConnectionInfo,
     outbox: Mutex<Outbox>,
-    wake: Notify,
+    /// Set when something was queued or a close asked for, until the task
+    /// sees it. A flag and a waker rather than a `Notify`: the task polls
+    /// it without holding a future of its own (smaller idle sockets).
+    changed: AtomicBool,
+    task: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
@@ -102,7 +107,8 @@ impl LocalSocket {
         Self {
             info,
             outbox: Mutex::default(),
-            wake: Notify::new(),
+            changed: AtomicBool::new(false),
+            task: AtomicWaker::new(),
         }
     }
 
@@ -124,7 +130,7 @@ impl LocalSocket {
         // The task drains the whole queue when it wakes: one wake-up per
         // burst, not one per frame.
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         Ok(())
     }
@@ -136,7 +142,12 @@ impl LocalSocket {
 
     fn close(&self, closing: Closing) {
         self.outbox().closing.get_or_insert(closing);
-        self.wake.notify_one();
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.changed.store(true, Ordering::Release);
+        self.task.wake();
     }
 
     /// Everything queued, oldest first (the queue's memory goes with it, so
@@ -149,10 +160,19 @@ impl LocalSocket {
         self.outbox().closing
     }
 
-    /// Resolves once something was queued or a close was asked for since the
-    /// last call.
-    pub async fn changed(&self) {
-        self.wake.notified().await;
+    /// Ready once something was queued or a close was asked for since the
+    /// last time it was ready.
+    pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.changed.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.task.register(cx.waker());
+        // A wake between the check and the registration found no waker.
+        if self.changed.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
