@@ -8,9 +8,11 @@
 //! write cost more than the chat itself (request signing, two JSON encodings,
 //! loopback TCP), and the engine commits every BatchWriteItem item on its own,
 //! preparing its SQL afresh each time. The items are the very ones the
-//! DynamoDB adapter builds, validated by the engine as a put would be, and
-//! everything else (table setup, history reads) still speaks the DynamoDB API
-//! over HTTP, as `--store dynamodb` and the Lambda functions do.
+//! DynamoDB adapter builds (the import checks keys and attribute values, not
+//! the per-item size limit or duplicate keys, which chat messages cannot
+//! reach: frames are at most 128 KB and ids unique), and everything else
+//! (table setup, history reads) still speaks the DynamoDB API over HTTP, as
+//! `--store dynamodb` and the Lambda functions do.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +30,9 @@ use crate::store::group_commit::GroupWriter;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// How long a history write may take before its saves fail.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often expired items (TTL) are swept from the embedded engine.
 const TTL_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -115,8 +120,9 @@ impl EmbeddedDynamo {
         }
     }
 
-    /// Stops serving and waits for requests in flight, so SQLite closes
-    /// cleanly.
+    /// Stops serving and waits for requests in flight. A history write
+    /// still running finishes on its own thread; SQLite's WAL makes any
+    /// cut-off harmless at the next open.
     pub async fn shutdown(self) {
         self.sweeper.abort();
         let _ = self.stop.send(());
@@ -156,8 +162,12 @@ pub struct EmbeddedHistoryWriter {
 }
 
 impl GroupWriter for EmbeddedHistoryWriter {
-    /// Bounds how long the first message of a group waits for the rest.
+    /// A cap of our choosing (the import has none): it bounds how long one
+    /// group holds the engine, and so how long the next group waits.
     const MAX_ITEMS: usize = 100;
+    /// The engine has one SQLite writer: a second write in flight would
+    /// only wait for it, and split the queue into smaller groups.
+    const WRITES_IN_FLIGHT: usize = 1;
     const OPERATION: &'static str = "ImportItems";
 
     async fn write_group(&self, items: Vec<Item>) -> Result<(), StoreError> {
@@ -172,12 +182,17 @@ impl GroupWriter for EmbeddedHistoryWriter {
             .map_err(failed)?;
         // SQLite blocks: off the async workers.
         let (database, table) = (self.database.clone(), self.table.clone());
-        tokio::task::spawn_blocking(move || {
+        let write = tokio::task::spawn_blocking(move || {
             database.import_items(&table, items, ImportOptions::default())
-        })
-        .await
-        .map_err(|error| failed(format!("the write did not finish: {error}")))?
-        .map_err(|error| failed(error.to_string()))?;
+        });
+        // As for any store: one that hangs must fail its saves, not stall
+        // every sender. A write that lands after this is history nobody was
+        // told about, never a message delivered and then lost.
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| failed(format!("no answer within {WRITE_TIMEOUT:?}")))?
+            .map_err(|error| failed(format!("the write did not finish: {error}")))?
+            .map_err(|error| failed(error.to_string()))?;
         Ok(())
     }
 }

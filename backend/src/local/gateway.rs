@@ -10,9 +10,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
@@ -237,7 +237,7 @@ impl<I: Integration> Gateway<I> {
             // for the socket's whole life.
             {
                 let response = gateway.call_boxed(event).await;
-                if !(200..300).contains(&{ response.status_code }) {
+                if !(200..300).contains(&response.status_code) {
                     gateway
                         .sockets
                         .close(&connection_id, close_code::NORMAL, "connect refused");
@@ -394,30 +394,39 @@ impl<I: Integration> Gateway<I> {
                 }
             }
 
-            // Polled by hand rather than with `select!`: its futures would
-            // live in every idle socket's task.
-            let wake = poll_fn(|cx| {
-                if socket.poll_changed(cx).is_ready() {
-                    return Poll::Ready(Ok(Wake::Queued));
-                }
+            // Polled by hand rather than with `select!`, whose futures would
+            // live in every idle socket's task. Every source is polled on
+            // each pass, so a busy outbox cannot starve reading.
+            let readable = poll_fn(|cx| {
+                let queued = socket.poll_changed(cx).is_ready();
                 // A peer that sends (pings, say) but does not read stops
                 // being read until it catches up.
-                if unsent.len() < MAX_UNSENT
-                    && let Poll::Ready(ready) = stream.poll_read_ready(cx)
-                {
-                    return Poll::Ready(ready.map(|()| Wake::Readable));
+                let readable = unsent.len() < MAX_UNSENT
+                    && match stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => true,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => false,
+                    };
+                let writable = !unsent.is_empty()
+                    && match stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => true,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => false,
+                    };
+                if queued || readable || writable {
+                    Poll::Ready(Ok(readable))
+                } else {
+                    Poll::Pending
                 }
-                if !unsent.is_empty()
-                    && let Poll::Ready(ready) = stream.poll_write_ready(cx)
-                {
-                    return Poll::Ready(ready.map(|()| Wake::Writable));
-                }
-                Poll::Pending
-            });
-            match wake.await {
+            })
+            .await;
+            // Woken for one source, the task is not waiting on pushes while
+            // it handles the others (a handler's own fan-out included).
+            socket.stop_waiting();
+            match readable {
                 Err(error) => return lost(error),
-                Ok(Wake::Queued | Wake::Writable) => {}
-                Ok(Wake::Readable) => match read_some(stream, &mut decoder, &mut incoming) {
+                Ok(false) => {}
+                Ok(true) => match read_some(stream, &mut decoder, &mut incoming) {
                     Ok(Some(result)) => {
                         socket.info.touch(now_ms());
                         violation = result.err();
@@ -729,13 +738,6 @@ fn shut_down_writes(stream: &TcpStream) {
     unsafe {
         libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
     }
-}
-
-/// What woke a socket's task.
-enum Wake {
-    Queued,
-    Readable,
-    Writable,
 }
 
 fn lost(error: io::Error) -> Ending {

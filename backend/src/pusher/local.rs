@@ -160,6 +160,13 @@ impl LocalSocket {
         self.outbox().closing
     }
 
+    /// Forgets the waiting task until the next [`Self::poll_changed`]: a
+    /// push meanwhile only sets the flag, instead of waking a task that is
+    /// busy elsewhere (in a handler, say) to poll it for nothing.
+    pub fn stop_waiting(&self) {
+        drop(self.task.take());
+    }
+
     /// Ready once something was queued or a close was asked for since the
     /// last time it was ready.
     pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {

@@ -1,8 +1,7 @@
 //! Group commit for message history: concurrent saves share one write.
 //!
 //! Each save queues its item and waits. A writer takes whatever is queued (up
-//! to what one write may carry) as soon as one of its few write slots is
-//! free, so a quiet chat writes each message at once and a busy one writes
+//! to the writer's group size) as soon as one of its write slots is free, so a quiet chat writes each message at once and a busy one writes
 //! many per round trip. A save returns only once the write holding its item
 //! has succeeded: a message is never delivered before it is durable.
 
@@ -14,13 +13,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::StoreError;
 use super::dynamodb::{BATCH_WRITE_MAX, DynamoStore, Item};
 
-/// Writes in flight at once.
-const WRITES_IN_FLIGHT: usize = 4;
-
 /// Writes a group of message items: all of them, or fails.
 pub trait GroupWriter: Send + Sync + 'static {
-    /// The most items one write may carry.
+    /// The most items one write carries.
     const MAX_ITEMS: usize;
+    /// Writes in flight at once.
+    const WRITES_IN_FLIGHT: usize;
     /// Names the write in errors.
     const OPERATION: &'static str;
 
@@ -30,6 +28,9 @@ pub trait GroupWriter: Send + Sync + 'static {
 /// Through the SDK, as BatchWriteItem: the cheapest write on the service.
 impl GroupWriter for DynamoStore {
     const MAX_ITEMS: usize = BATCH_WRITE_MAX;
+    /// The service takes writes in parallel; while all are busy, saves pile
+    /// up into fuller batches.
+    const WRITES_IN_FLIGHT: usize = 4;
     const OPERATION: &'static str = "BatchWriteItem";
 
     fn write_group(&self, items: Vec<Item>) -> impl Future<Output = Result<(), StoreError>> + Send {
@@ -81,7 +82,7 @@ async fn write_groups<W: GroupWriter>(
     writer: Arc<W>,
     mut waiting: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let slots = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(W::WRITES_IN_FLIGHT));
     loop {
         // A slot first, then whatever has queued meanwhile: while every slot
         // is busy, saves pile up into the next (fuller) group.
