@@ -279,6 +279,9 @@ impl Store for LocalStore {
                 for message in saved_meanwhile {
                     insert_in_order(&mut recent, message);
                 }
+                // The read reserved room for a full page: an empty or quiet
+                // room must not keep it (thousands of small rooms would).
+                recent.shrink_to_fit();
                 let messages = latest(&recent, limit);
                 // Cached only while someone is in the room (see forget_history_of).
                 if self.membership().rooms.contains_key(room) {
