@@ -529,31 +529,9 @@ async fn a_sigkill_loses_no_message_that_anyone_received() {
 
 #[tokio::test]
 async fn a_bad_websocket_handshake_is_refused_with_a_clear_status() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let handshake = |headers: &str| {
-        let head = format!(
-            "GET /ws HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
-            server.addr
-        );
-        async move {
-            let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-            stream.write_all(head.as_bytes()).await.unwrap();
-            // A refusal ends with the connection; an accepted socket stays
-            // open, so its head is all there is to read.
-            let mut response = Vec::new();
-            let mut chunk = [0u8; 1024];
-            loop {
-                let read = stream.read(&mut chunk).await.unwrap();
-                response.extend_from_slice(&chunk[..read]);
-                let text = String::from_utf8_lossy(&response);
-                if read == 0 || (text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n")) {
-                    return text.into_owned();
-                }
-            }
-        }
-    };
+    let handshake = |headers: &str| raw_handshake(server.addr, headers.to_owned());
     let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
     // A plain GET is told this is a WebSocket endpoint.
     let plain = handshake("").await;
@@ -590,5 +568,96 @@ async fn a_bad_websocket_handshake_is_refused_with_a_clear_status() {
     assert!(
         accepted.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         "{accepted}"
+    );
+}
+
+/// Sends a handshake with these extra header lines; answers the response
+/// head (all there is of a refusal, which ends the connection).
+async fn raw_handshake(addr: std::net::SocketAddr, headers: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // An accepted socket stays open, so its head is all there is to read.
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut chunk).await.unwrap();
+        response.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&response);
+        if read == 0 || (text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n")) {
+            return text.into_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_from_other_sites_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--allowed-origin", "https://chat.example.com"],
+    });
+    let with_origin = |origin: &str| {
+        let headers = format!(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin}"
+        );
+        raw_handshake(server.addr, headers)
+    };
+    for refused in [
+        "http://evil.example",
+        "https://chat.example.com.evil.example",
+        "null",
+    ] {
+        let answer = with_origin(&format!("Origin: {refused}\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{refused}: {answer}");
+        assert!(answer.contains("origin"), "{refused}: {answer}");
+    }
+    // Its own pages, `trunk serve`'s, the ones it was told of, and clients
+    // that are not browsers.
+    for allowed in [
+        format!("Origin: http://{}\r\n", server.addr),
+        "Origin: http://127.0.0.1:8081\r\n".to_owned(),
+        "Origin: https://chat.example.com\r\n".to_owned(),
+        String::new(),
+    ] {
+        let answer = with_origin(&allowed).await;
+        assert!(answer.starts_with("HTTP/1.1 101"), "{allowed:?}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn connection_records_outlive_the_longest_connection() {
+    let dynamo = Dynamo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: Some(&dynamo.endpoint),
+        extra: &["--store", "dynamodb", "--max-connection-duration", "5h"],
+    });
+    let (_ada, _) = server.join("ttl-room", "Ada").await;
+    let items = dynamo
+        .client
+        .scan()
+        .table_name("chat-connections")
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let expires: u64 = items[0]["expiresAt"].as_n().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expires >= now + 5 * 3600,
+        "the record expires {}s from now, before a 5 h connection ends",
+        expires.saturating_sub(now)
     );
 }

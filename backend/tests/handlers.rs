@@ -5,7 +5,7 @@ mod common;
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::query_map::QueryMap;
-use backend::chat::{Chat, ChatConfig};
+use backend::chat::{Chat, ChatConfig, OriginPolicy};
 use backend::pusher::Frame;
 use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
 use backend::store::Store;
@@ -56,10 +56,14 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
+        Self::with(ChatConfig::default()).await
+    }
+
+    async fn with(config: ChatConfig) -> Self {
         let dynamo = Dynamo::start().await;
         let store = DynamoStore::new(dynamo.client.clone(), StoreConfig::default());
         store.ensure_tables().await.unwrap();
-        let chat = Chat::new(store, LocalPusher::default(), ChatConfig::default());
+        let chat = Chat::new(store, LocalPusher::default(), config);
         Self {
             chat,
             _dynamo: dynamo,
@@ -316,4 +320,56 @@ async fn a_room_of_thousands_gets_every_message_once() {
 
 fn room_named(name: &str) -> shared::Room {
     shared::Room::parse(name).unwrap()
+}
+
+#[tokio::test]
+async fn a_page_from_another_site_is_refused_before_anything_is_recorded() {
+    let harness = Harness::with(ChatConfig {
+        origins: OriginPolicy::only(["https://chat.example.com"]).unwrap(),
+        ..ChatConfig::default()
+    })
+    .await;
+    // connect.json joins chat:1 as Ada; a member already there hears of
+    // every connect that gets in.
+    let (status, mut member) = harness.connect("member", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        harness
+            .send(
+                "member",
+                "join",
+                json!({"action": "join", "room": "chat:1", "name": "Bo"})
+            )
+            .await,
+        200
+    );
+    next(&mut member);
+    let connect = |id: &str, origin: Option<&str>| {
+        let mut event = recorded("connect.json", id);
+        if let Some(origin) = origin {
+            event.headers.insert("origin", origin.parse().unwrap());
+        }
+        harness.chat.handle(event)
+    };
+
+    let refused = connect("evil", Some("https://evil.example")).await;
+    assert_eq!(refused.status_code, 403);
+    assert!(
+        harness
+            .chat
+            .store()
+            .connection("evil")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    nothing(&mut member);
+
+    for (id, origin) in [("site", Some("https://chat.example.com")), ("tool", None)] {
+        // A socket to push to, as API Gateway has once $connect succeeds.
+        let _inbox = register(harness.chat.pusher(), id);
+        assert_eq!(connect(id, origin).await.status_code, 200, "{origin:?}");
+        assert!(harness.chat.store().connection(id).await.unwrap().is_some());
+        assert_eq!(next(&mut member)["type"], "presence", "{origin:?}");
+    }
 }

@@ -19,9 +19,9 @@ let base;
 let browser;
 
 /** Starts chat-local on `addr` (a free port when omitted); resolves to its URL. */
-function startServer(addr = '127.0.0.1:0', { dist = DIST, data = dataDir } = {}) {
+function startServer(addr = '127.0.0.1:0', { dist = DIST, data = dataDir, extra = [] } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--addr', addr, '--data-dir', data, '--dist', dist], {
+    const child = spawn(BIN, ['--addr', addr, '--data-dir', data, '--dist', dist, ...extra], {
       env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -65,11 +65,11 @@ after(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-async function openAs(name, room) {
+async function openAs(name, room, url = base) {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error(`[${name}] page error:`, error));
-  await page.goto(base);
+  await page.goto(url);
   await page.getByLabel('Name').fill(name);
   await page.getByLabel('Room').fill(room);
   await page.getByRole('button', { name: 'Join' }).click();
@@ -89,7 +89,7 @@ test('two people chat through the UI', async () => {
   const bo = await openAs('Bo', 'e2e-room');
   await members(bo).getByText('Ada', { exact: true }).waitFor(WAIT);
   await members(ada).getByText('Bo', { exact: true }).waitFor(WAIT);
-  await log(ada).getByText('Bo joined').waitFor(WAIT);
+  await log(ada).getByText('\u2068Bo\u2069 joined').waitFor(WAIT);
 
   // Enter sends and clears the field; markup arrives as text, never as HTML.
   const text = 'Hello <b>Bo</b> & <img src=x onerror=alert(1)>';
@@ -113,7 +113,8 @@ test('two people chat through the UI', async () => {
   // Leaving returns to the lobby; the other side sees it.
   await bo.getByRole('button', { name: 'Leave' }).click();
   await bo.getByRole('button', { name: 'Join' }).waitFor(WAIT);
-  await log(ada).getByText('Bo left').waitFor(WAIT);
+  // The name is bidi-isolated (U+2068 … U+2069) within the notice.
+  await log(ada).getByText('\u2068Bo\u2069 left').waitFor(WAIT);
   await members(ada).getByText('Bo', { exact: true }).waitFor({ state: 'detached', ...WAIT });
 
   // Rejoining shows the history.
@@ -131,7 +132,7 @@ test('a shared link opens the room, and a restart is survived', async () => {
   const second = await ada.context().newPage();
   await second.goto(`${base}/#shared-room`);
   await log(second).waitFor(WAIT);
-  await log(ada).getByText('Ada joined').waitFor(WAIT);
+  await log(ada).getByText('\u2068Ada\u2069 joined').waitFor(WAIT);
 
   // The server goes away and comes back on the same address.
   const addr = new URL(base).host;
@@ -150,28 +151,31 @@ test('a shared link opens the room, and a restart is survived', async () => {
 });
 
 test('config.json next to the page points the app at another WebSocket server', async () => {
-  // The same build on a second server (as on S3), told to use the first one.
+  // The same build on a second server (as on S3), told to use a chat-local
+  // that lets pages from that second server's origin connect.
   const site = mkdtempSync(join(tmpdir(), 'chat-site-'));
   const siteData = mkdtempSync(join(tmpdir(), 'chat-site-data-'));
+  const chatData = mkdtempSync(join(tmpdir(), 'chat-api-data-'));
   cpSync(DIST, site, { recursive: true });
-  writeFileSync(join(site, 'config.json'), JSON.stringify({ websocketUrl: `${base.replace('http', 'ws')}/ws` }));
   const other = await startServer('127.0.0.1:0', { dist: site, data: siteData });
+  const chat = await startServer('127.0.0.1:0', { data: chatData, extra: ['--allowed-origin', other.url] });
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ websocketUrl: `${chat.url.replace('http', 'ws')}/ws` }));
   try {
-    const dee = await openAs('Dee', 'config-room');
+    const dee = await openAs('Dee', 'config-room', chat.url);
     const context = await browser.newContext();
     const cy = await context.newPage();
     await cy.goto(other.url);
     await cy.getByLabel('Name').fill('Cy');
     await cy.getByLabel('Room').fill('config-room');
     await cy.getByRole('button', { name: 'Join' }).click();
-    // Cy, served by the second server, is in the first server's room.
+    // Cy, served by the second server, is in the chat server's room.
     await members(dee).getByText('Cy', { exact: true }).waitFor(WAIT);
     await members(cy).getByText('Dee', { exact: true }).waitFor(WAIT);
     await dee.context().close();
     await context.close();
   } finally {
     await stopServer(other.child);
-    rmSync(site, { recursive: true, force: true });
-    rmSync(siteData, { recursive: true, force: true });
+    await stopServer(chat.child);
+    for (const dir of [site, siteData, chatData]) rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -124,7 +124,9 @@ impl ChatState {
                     PresenceEvent::Join => "joined",
                     PresenceEvent::Leave => "left",
                 };
-                self.add_notice(format!("{name} {verb}"));
+                // First-strong isolates: a right-to-left name cannot reorder the
+                // words around it.
+                self.add_notice(format!("\u{2068}{name}\u{2069} {verb}"));
             }
             ServerFrame::Left { room } => {
                 if self.is_current_room(&room) {

@@ -55,7 +55,8 @@ impl Room {
 }
 
 /// A display name: 1 to 32 characters after trimming, any script, no control
-/// characters. Stored trimmed.
+/// or format characters (zero-width, bidi controls), no line or paragraph
+/// separators, and at least one visible character. Stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
@@ -76,12 +77,53 @@ impl Name {
                 "name must not contain control characters",
             ));
         }
+        if trimmed.chars().any(is_format_or_separator) {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidName,
+                "name must not contain invisible formatting characters (zero-width, direction controls) or line separators",
+            ));
+        }
+        if !trimmed.chars().any(is_visible) {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidName,
+                "name must contain a visible character",
+            ));
+        }
         Ok(Self(trimmed.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Unicode's format characters (category Cf: invisible, and the bidi
+/// controls can reorder the text around a name) and its line and paragraph
+/// separators. The zero-width joiner stays allowed: emoji sequences need it.
+fn is_format_or_separator(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}'
+        | '\u{200B}'..='\u{200C}' | '\u{200E}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Whether `c` shows anything by itself: not white space, not a combining
+/// mark or variation selector, not a joiner, not one of the blank letters
+/// (Hangul fillers, the blank Braille pattern) used for invisible names.
+fn is_visible(c: char) -> bool {
+    !(c.is_whitespace()
+        || is_format_or_separator(c)
+        || matches!(c,
+            '\u{200D}' | '\u{34F}'
+            | '\u{300}'..='\u{36F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FE20}'..='\u{FE2F}'
+            | '\u{E0100}'..='\u{E01EF}'
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'))
 }
 
 /// Checks a message body: 1 to 4096 bytes of UTF-8, delivered verbatim.
@@ -157,6 +199,42 @@ mod tests {
             &"n".repeat(33),
         ] {
             assert_eq!(Name::parse(bad).unwrap_err().code, ErrorCode::InvalidName);
+        }
+    }
+
+    #[test]
+    fn names_are_visible_and_cannot_reorder_the_text_around_them() {
+        let lone_marks = "\u{301}".repeat(32);
+        for bad in [
+            "\u{200b}",
+            "\u{feff}",
+            "\u{202e}",
+            "Alice\u{200b}",
+            "\u{202e}ecilA",
+            "Bob\u{2066}",
+            "A\u{2028}B",
+            "A\u{2029}B",
+            "\u{3164}",
+            "\u{2800}\u{2800}",
+            "\u{200d}",
+            lone_marks.as_str(),
+        ] {
+            assert_eq!(
+                Name::parse(bad).unwrap_err().code,
+                ErrorCode::InvalidName,
+                "{bad:?}"
+            );
+        }
+        // Scripts, accents and emoji sequences (joined with U+200D) are fine.
+        for good in [
+            "Zoë",
+            "e\u{301}",
+            "👩\u{200d}💻 Ada",
+            "محمد",
+            "שלום",
+            "❤\u{fe0f}",
+        ] {
+            assert_eq!(Name::parse(good).unwrap().as_str(), good, "{good:?}");
         }
     }
 

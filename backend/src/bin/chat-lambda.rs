@@ -7,7 +7,7 @@
 
 use aws_config::BehaviorVersion;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use backend::chat::{Chat, ChatConfig};
+use backend::chat::{Chat, ChatConfig, OriginPolicy};
 use backend::pusher::apigw::{ManagementApi, PostPolicy};
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -35,12 +35,16 @@ async fn main() -> Result<(), Error> {
     // comes from each event.
     let endpoint_override = std::env::var("MANAGEMENT_API_ENDPOINT").ok();
     let management = ManagementApi::new(sdk_config, endpoint_override, PostPolicy::default());
-    let (store, management) = (&store, &management);
+    let config = ChatConfig {
+        origins: OriginPolicy::from_env()?,
+        ..ChatConfig::default()
+    };
+    let (store, management, config) = (&store, &management, &config);
 
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
             let pusher = management.pusher_for(&event.payload);
-            let chat = Chat::new(store.clone(), pusher, ChatConfig::default());
+            let chat = Chat::new(store.clone(), pusher, config.clone());
             Ok::<ApiGatewayProxyResponse, Error>(chat.handle(event.payload).await)
         },
     ))

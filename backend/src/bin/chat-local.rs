@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::routing::get;
-use backend::chat::{Chat, ChatConfig};
+use backend::chat::{Chat, ChatConfig, OriginPolicy};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
 use backend::local::gateway::{Gateway, GatewayConfig, Integration};
 use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
@@ -89,7 +89,20 @@ struct Args {
     /// DynamoDB) or `dynamodb` (every record in DynamoDB, exactly as on AWS).
     #[arg(long, value_enum, default_value_t = StoreKind::Memory, env = "CHAT_STORE")]
     store: StoreKind,
+    /// A web page origin allowed to connect besides chat-local's own pages
+    /// and `trunk serve`'s (e.g. `https://chat.example.com`; `*` allows any).
+    /// Repeat it, or give a comma-separated list.
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "CHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
 }
+
+/// Where `trunk serve` (Trunk.toml) serves the app while it is being worked on.
+const TRUNK_SERVE_ORIGINS: [&str; 2] = ["http://127.0.0.1:8081", "http://localhost:8081"];
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum StoreKind {
@@ -115,6 +128,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     raise_open_file_limit();
+    let chat_config = ChatConfig {
+        origins: OriginPolicy::only(
+            TRUNK_SERVE_ORIGINS
+                .iter()
+                .copied()
+                .chain(args.allowed_origins.iter().map(String::as_str)),
+        )
+        .map_err(|error| anyhow::anyhow!("--allowed-origin: {error}"))?
+        .or_same_host(),
+        ..ChatConfig::default()
+    };
 
     // The store: the embedded engine unless told otherwise.
     let (client, embedded) = match &args.dynamodb_endpoint {
@@ -129,6 +153,9 @@ async fn main() -> anyhow::Result<()> {
         StoreConfig {
             connections_table: args.connections_table,
             messages_table: args.messages_table.clone(),
+            // A record must outlive the longest connection, or a live socket
+            // would lose it (with `--store dynamodb`).
+            connection_ttl: args.max_connection_duration + Duration::from_secs(3600),
             ..StoreConfig::default()
         },
     );
@@ -182,11 +209,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => LocalStore::new(dynamo.clone(), dynamo),
             };
-            let chat = Chat::new(store, sockets.clone(), ChatConfig::default());
+            let chat = Chat::new(store, sockets.clone(), chat_config);
             serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
         }
         None => {
-            let chat = Chat::new(dynamo, sockets.clone(), ChatConfig::default());
+            let chat = Chat::new(dynamo, sockets.clone(), chat_config);
             serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
         }
     }

@@ -7,6 +7,9 @@
 //! never one named in the frame.
 
 mod joined;
+mod origin;
+
+pub use origin::OriginPolicy;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,11 +30,16 @@ pub const DEFAULT_NAME: &str = "anonymous";
 pub struct ChatConfig {
     /// Deliveries in flight at once during one fan-out.
     pub max_in_flight: usize,
+    /// The web pages that may connect (any, by default).
+    pub origins: OriginPolicy,
 }
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { max_in_flight: 64 }
+        Self {
+            max_in_flight: 64,
+            origins: OriginPolicy::default(),
+        }
     }
 }
 
@@ -77,6 +85,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let route = context.route_key.as_deref().unwrap_or("$default");
         match (context.event_type.as_deref(), route) {
             (Some("CONNECT"), _) | (None, "$connect") => {
+                let header = |name| event.headers.get(name).and_then(|v| v.to_str().ok());
+                let origin = header("origin");
+                if !self.config.origins.allows(origin, header("host")) {
+                    // Before anything is recorded: the socket never opens.
+                    tracing::info!(connection_id, origin, "connect refused: origin not allowed");
+                    return response(403, "pages from this origin may not connect");
+                }
                 let connected_at = u64::try_from(context.connected_at)
                     .ok()
                     .filter(|&at| at > 0)
