@@ -99,30 +99,31 @@ impl Name {
 
 /// Unicode's format characters (category Cf: invisible, and the bidi
 /// controls can reorder the text around a name) and its line and paragraph
-/// separators. The zero-width joiner stays allowed: emoji sequences need it.
+/// separators. The zero-width joiner and non-joiner stay allowed: emoji
+/// sequences, Persian and Indic scripts need them.
 fn is_format_or_separator(c: char) -> bool {
     matches!(c,
         '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
         | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}'
-        | '\u{200B}'..='\u{200C}' | '\u{200E}'..='\u{200F}'
+        | '\u{200B}' | '\u{200E}'..='\u{200F}'
         | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
         | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
         | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
         | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+        | '\u{E0001}')
 }
 
 /// Whether `c` shows anything by itself: not white space, not a combining
-/// mark or variation selector, not a joiner, not one of the blank letters
+/// mark, variation selector or emoji tag, not a joiner, not one of the blank letters
 /// (Hangul fillers, the blank Braille pattern) used for invisible names.
 fn is_visible(c: char) -> bool {
     !(c.is_whitespace()
         || is_format_or_separator(c)
         || matches!(c,
-            '\u{200D}' | '\u{34F}'
+            '\u{200C}'..='\u{200D}' | '\u{34F}'
             | '\u{300}'..='\u{36F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
             | '\u{20D0}'..='\u{20FF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FE20}'..='\u{FE2F}'
-            | '\u{E0100}'..='\u{E01EF}'
+            | '\u{E0100}'..='\u{E01EF}' | '\u{E0020}'..='\u{E007F}'
             | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'))
 }
 
@@ -217,6 +218,7 @@ mod tests {
             "\u{3164}",
             "\u{2800}\u{2800}",
             "\u{200d}",
+            "\u{200c}",
             lone_marks.as_str(),
         ] {
             assert_eq!(
@@ -233,6 +235,10 @@ mod tests {
             "محمد",
             "שלום",
             "❤\u{fe0f}",
+            "مهر\u{200c}داد",
+            "क्\u{200d}ष",
+            // The flag of Scotland: a black flag and tag characters.
+            "🏴\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}",
         ] {
             assert_eq!(Name::parse(good).unwrap().as_str(), good, "{good:?}");
         }

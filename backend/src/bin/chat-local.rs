@@ -155,7 +155,9 @@ async fn main() -> anyhow::Result<()> {
             messages_table: args.messages_table.clone(),
             // A record must outlive the longest connection, or a live socket
             // would lose it (with `--store dynamodb`).
-            connection_ttl: args.max_connection_duration + Duration::from_secs(3600),
+            connection_ttl: args
+                .max_connection_duration
+                .saturating_add(Duration::from_secs(3600)),
             ..StoreConfig::default()
         },
     );
@@ -189,6 +191,11 @@ async fn main() -> anyhow::Result<()> {
     match &args.lambda_endpoint {
         // The real Lambda binaries, invoked as API Gateway would.
         Some(endpoint) => {
+            if !args.allowed_origins.is_empty() {
+                tracing::warn!(
+                    "--allowed-origin does not apply with --lambda-endpoint: the functions' ALLOWED_ORIGINS decides"
+                );
+            }
             let routes = LambdaRoutes::from_template_file(&args.template)?;
             tracing::info!(endpoint, template = %args.template.display(), "routing events to Lambda functions");
             let gateway_config = GatewayConfig {
