@@ -226,6 +226,8 @@ def chat_local_server(workers):
         "--addr", "127.0.0.1:0",
         "--data-dir", data_dir,
         "--dist", "dist",
+        # Load is the point here; a person's rate limit would refuse it.
+        "--rate-limit", "0",
     ]
     return Server("chat-local", argv, env=env, data_dir=data_dir)
 

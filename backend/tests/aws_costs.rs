@@ -180,10 +180,11 @@ async fn the_aws_path_costs_what_it_did() {
         // The membership, the member list, the history; `joined` to the
         // joiner and a presence frame to each of the 5 others.
         ("join", counts(&[("UpdateItem", 1), ("Query", 2)]), 1 + 5),
-        // The sender's record, the message, the member list; one frame each.
+        // The sender's record, read and counted against the rate limit in
+        // one update; the message; the member list. One frame each.
         (
             "sendmessage",
-            counts(&[("GetItem", 1), ("PutItem", 1), ("Query", 1)]),
+            counts(&[("UpdateItem", 1), ("PutItem", 1), ("Query", 1)]),
             6,
         ),
         ("$disconnect", counts(&[("DeleteItem", 1), ("Query", 1)]), 5),

@@ -661,3 +661,59 @@ async fn connection_records_outlive_the_longest_connection() {
         expires.saturating_sub(now)
     );
 }
+
+#[tokio::test]
+async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--rate-limit", "1", "--rate-burst", "3"],
+    });
+    let (mut flooder, _) = server.join("r", "Flood").await;
+    let (mut reader, _) = server.join("r", "Reader").await;
+    expect(&mut flooder, "presence").await;
+
+    for i in 0..6 {
+        say(&mut flooder, &format!("flood {i}")).await;
+    }
+    // The burst of 3 goes through; the other 3 are refused, each told so.
+    let mut refused = 0;
+    let mut delivered = Vec::new();
+    for _ in 0..6 {
+        let frame = next_frame(&mut flooder).await;
+        match frame["type"].as_str() {
+            Some("message") => delivered.push(frame["data"].as_str().unwrap().to_owned()),
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited", "{frame}");
+                refused += 1;
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert_eq!(delivered, ["flood 0", "flood 1", "flood 2"]);
+    assert_eq!(refused, 3);
+    for i in 0..3 {
+        assert_eq!(
+            expect(&mut reader, "message").await["data"],
+            format!("flood {i}")
+        );
+    }
+    expect_nothing_more(&mut reader).await;
+
+    // The socket stayed open, and a second later one more message fits.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    say(&mut flooder, "after a pause").await;
+    assert_eq!(
+        expect(&mut flooder, "message").await["data"],
+        "after a pause"
+    );
+    assert_eq!(
+        expect(&mut reader, "message").await["data"],
+        "after a pause"
+    );
+    say(&mut flooder, "too soon").await;
+    expect_error(&mut flooder, "rate_limited").await;
+    expect_nothing_more(&mut reader).await;
+}

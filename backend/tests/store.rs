@@ -243,3 +243,74 @@ async fn reset_connections_forgets_every_connection_and_keeps_messages() {
         .unwrap();
     assert_eq!(store.room_members("r").await.unwrap().len(), 1);
 }
+
+/// The same sequence on both adapters: DynamoDB evaluates the limit in
+/// condition expressions, chat-local in memory; they must agree exactly.
+async fn rate_limit_sequence(store: &impl Store) {
+    use backend::store::{Admission, RateLimit};
+    const SECOND: u64 = 1_000_000;
+    let limit = RateLimit::new(2.0, 3).unwrap().unwrap();
+    let limit = Some(&limit);
+    store
+        .add_connection("c1", 1, Some((&room("r"), &name("Ada"))))
+        .await
+        .unwrap();
+    let start = 1_700_000_000 * SECOND;
+    let admitted = |admission: Admission| match admission {
+        Admission::Admitted(connection) => {
+            assert_eq!(connection.room.as_deref(), Some("r"));
+            true
+        }
+        Admission::Limited => false,
+        Admission::Unknown => panic!("c1 is recorded"),
+    };
+    let mut outcomes = Vec::new();
+    // A burst of 5 at once, one more half a second later, 3 more after a
+    // long pause (the bucket holds 3, never more).
+    for at in [
+        0,
+        0,
+        0,
+        0,
+        0,
+        SECOND / 2,
+        SECOND / 2,
+        60 * SECOND,
+        60 * SECOND,
+    ]
+    .into_iter()
+    .chain([60 * SECOND, 60 * SECOND])
+    {
+        outcomes.push(admitted(
+            store.admit_message("c1", limit, start + at).await.unwrap(),
+        ));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            true, true, true, false, false, true, false, true, true, true, false
+        ]
+    );
+    assert_eq!(
+        store.admit_message("nobody", limit, start).await.unwrap(),
+        Admission::Unknown
+    );
+    // Without a limit every message is admitted.
+    for _ in 0..20 {
+        assert!(admitted(
+            store
+                .admit_message("c1", None, start + 60 * SECOND)
+                .await
+                .unwrap()
+        ));
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_the_same_in_dynamodb_and_in_memory() {
+    let dynamo = Dynamo::start().await;
+    let dynamo_store = store(&dynamo, None).await;
+    rate_limit_sequence(&dynamo_store).await;
+    let local = backend::store::local::LocalStore::new(dynamo_store.clone(), dynamo_store);
+    rate_limit_sequence(&local).await;
+}

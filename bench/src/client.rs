@@ -209,6 +209,11 @@ impl Client {
                 "message" => {}
                 "error" => {
                     eprintln!("client {}: error frame {:?}", self.index, frame.code);
+                    if frame.code.as_deref() == Some("rate_limited") {
+                        eprintln!(
+                            "  the server's rate limit refused a message: load-test with it off (chat-local --rate-limit 0, the stack's RateLimit=0)"
+                        );
+                    }
                     outcome.errors += 1;
                     continue;
                 }

@@ -32,7 +32,15 @@ impl ChatLocal {
     fn start(store: &str) -> Self {
         let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(chat_local_binary())
-            .args(["--addr", "127.0.0.1:0", "--store", store, "--data-dir"])
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--rate-limit",
+                "0",
+                "--store",
+                store,
+            ])
+            .arg("--data-dir")
             .arg(data.path())
             .arg("--dist")
             .arg(data.path())

@@ -179,3 +179,25 @@ test('config.json next to the page points the app at another WebSocket server', 
     for (const dir of [site, siteData, chatData]) rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a message over the rate limit is refused and stays in the composer', async () => {
+  const data = mkdtempSync(join(tmpdir(), 'chat-rate-'));
+  const limited = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0.2', '--rate-burst', '2'] });
+  try {
+    const eve = await openAs('Eve', 'rate-room', limited.url);
+    for (const text of ['one', 'two', 'three']) {
+      await messageField(eve).fill(text);
+      await messageField(eve).press('Enter');
+    }
+    await log(eve).getByText('two', { exact: true }).waitFor(WAIT);
+    await eve.getByRole('alert').getByText(/too fast/).waitFor(WAIT);
+    // The refused message is back in the field, ready to send again; it never
+    // reached the room.
+    assert.equal(await messageField(eve).inputValue(), 'three');
+    assert.equal(await log(eve).getByText('three', { exact: true }).count(), 0);
+    await eve.context().close();
+  } finally {
+    await stopServer(limited.child);
+    rmSync(data, { recursive: true, force: true });
+  }
+});

@@ -51,6 +51,11 @@ pub struct ChatState {
     pub log: RwSignal<Vec<Entry>>,
     /// The latest error from the server, shown until the next action.
     pub error: RwSignal<Option<String>>,
+    /// What the composer holds.
+    pub draft: RwSignal<String>,
+    /// The last message sent, given back to the composer if the server
+    /// refuses it for coming too fast.
+    pub last_sent: StoredValue<Option<String>>,
     seen: StoredValue<HashSet<String>>,
     notices: StoredValue<u64>,
 }
@@ -66,6 +71,8 @@ impl ChatState {
             count: RwSignal::new(0),
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
+            draft: RwSignal::new(String::new()),
+            last_sent: StoredValue::new(None),
             seen: StoredValue::new(HashSet::new()),
             notices: StoredValue::new(0),
         }
@@ -136,6 +143,12 @@ impl ChatState {
             ServerFrame::Error { code, message } => {
                 if matches!(code, ErrorCode::InvalidRoom | ErrorCode::InvalidName) {
                     self.target.set(None);
+                }
+                if code == ErrorCode::RateLimited
+                    && self.draft.with_untracked(String::is_empty)
+                    && let Some(unsent) = self.last_sent.try_update_value(Option::take).flatten()
+                {
+                    self.draft.set(unsent);
                 }
                 self.error.set(Some(message));
             }

@@ -155,6 +155,9 @@ pub enum ErrorCode {
     InvalidName,
     /// A message body or a frame over its size limit.
     TooLarge,
+    /// Messages sent faster than the server's rate limit allows; this one was
+    /// not delivered. Sending works again after a short wait.
+    RateLimited,
     /// The server failed; the request may be retried.
     Internal,
 }
@@ -168,6 +171,7 @@ impl ErrorCode {
             Self::InvalidRoom => "invalid_room",
             Self::InvalidName => "invalid_name",
             Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -265,6 +269,7 @@ mod tests {
             ErrorCode::InvalidRoom,
             ErrorCode::InvalidName,
             ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
             ErrorCode::Internal,
         ] {
             assert_eq!(

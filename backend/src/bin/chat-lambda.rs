@@ -9,6 +9,7 @@ use aws_config::BehaviorVersion;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use backend::chat::{Chat, ChatConfig, OriginPolicy};
 use backend::pusher::apigw::{ManagementApi, PostPolicy};
+use backend::store::RateLimit;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,7 @@ async fn main() -> Result<(), Error> {
     let management = ManagementApi::new(sdk_config, endpoint_override, PostPolicy::default());
     let config = ChatConfig {
         origins: OriginPolicy::from_env()?,
+        rate_limit: RateLimit::from_env()?,
         ..ChatConfig::default()
     };
     let (store, management, config) = (&store, &management, &config);

@@ -22,6 +22,7 @@ use backend::local::gateway::{Gateway, GatewayConfig, Integration};
 use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
 use backend::local::management;
 use backend::pusher::local::LocalPusher;
+use backend::store::RateLimit;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use backend::store::local::LocalStore;
 use clap::Parser;
@@ -99,6 +100,13 @@ struct Args {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
+    /// Messages per second one connection may send, on average; `0` turns
+    /// the limit off (benchmarks and load tests do).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = RateLimit::DEFAULT.0, env = "CHAT_RATE_LIMIT")]
+    rate_limit: f64,
+    /// Messages one connection may send at once before the rate applies.
+    #[arg(long, value_name = "N", default_value_t = RateLimit::DEFAULT.1, env = "CHAT_RATE_BURST")]
+    rate_burst: u32,
 }
 
 /// Where `trunk serve` (Trunk.toml) serves the app while it is being worked on.
@@ -137,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .map_err(|error| anyhow::anyhow!("--allowed-origin: {error}"))?
         .or_same_host(),
+        rate_limit: RateLimit::new(args.rate_limit, args.rate_burst)
+            .map_err(|error| anyhow::anyhow!("--rate-limit/--rate-burst: {error}"))?,
         ..ChatConfig::default()
     };
 
@@ -191,11 +201,9 @@ async fn main() -> anyhow::Result<()> {
     match &args.lambda_endpoint {
         // The real Lambda binaries, invoked as API Gateway would.
         Some(endpoint) => {
-            if !args.allowed_origins.is_empty() {
-                tracing::warn!(
-                    "--allowed-origin does not apply with --lambda-endpoint: the functions' ALLOWED_ORIGINS decides"
-                );
-            }
+            tracing::info!(
+                "with --lambda-endpoint the functions' ALLOWED_ORIGINS, RATE_LIMIT and RATE_BURST apply, not --allowed-origin, --rate-limit or --rate-burst"
+            );
             let routes = LambdaRoutes::from_template_file(&args.template)?;
             tracing::info!(endpoint, template = %args.template.display(), "routing events to Lambda functions");
             let gateway_config = GatewayConfig {

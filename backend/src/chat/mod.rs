@@ -21,7 +21,7 @@ use shared::{
 };
 
 use crate::pusher::{Frame, Pusher};
-use crate::store::{Member, Members, Store, StoreError};
+use crate::store::{Admission, Member, Members, RateLimit, Store, StoreError};
 
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
@@ -32,13 +32,17 @@ pub struct ChatConfig {
     pub max_in_flight: usize,
     /// The web pages that may connect (any, by default).
     pub origins: OriginPolicy,
+    /// How fast one connection may send messages; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for ChatConfig {
     fn default() -> Self {
+        let (per_second, burst) = RateLimit::DEFAULT;
         Self {
             max_in_flight: 64,
             origins: OriginPolicy::default(),
+            rate_limit: RateLimit::new(per_second, burst).expect("the default limit is valid"),
         }
     }
 }
@@ -258,11 +262,20 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 
     async fn send_message(&self, connection_id: &str, data: String) -> Result<(), ChatError> {
-        let connection = self.store.connection(connection_id).await?;
-        let Some((room, name)) = connection.and_then(|c| c.room.zip(c.name)) else {
+        let now_us = now_us();
+        let connection = match self
+            .store
+            .admit_message(connection_id, self.config.rate_limit.as_ref(), now_us)
+            .await?
+        {
+            Admission::Admitted(connection) => connection,
+            Admission::Limited => return Err(rate_limited()),
+            Admission::Unknown => return Err(not_in_room()),
+        };
+        let Some((room, name)) = connection.room.zip(connection.name) else {
             return Err(not_in_room());
         };
-        let ts = now_ms();
+        let ts = now_us / 1000;
         let message = ChatMessage {
             id: crate::ids::message_id(ts),
             room,
@@ -424,6 +437,14 @@ fn not_in_room() -> ChatError {
     ProtocolError::new(ErrorCode::NotInRoom, "join a room first").into()
 }
 
+fn rate_limited() -> ChatError {
+    ProtocolError::new(
+        ErrorCode::RateLimited,
+        "you are sending messages too fast; this one was not sent, wait a moment",
+    )
+    .into()
+}
+
 fn not_connected() -> ChatError {
     ProtocolError::new(
         ErrorCode::Internal,
@@ -440,7 +461,11 @@ fn response(status_code: i64, body: &str) -> ApiGatewayProxyResponse {
 }
 
 pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
 }

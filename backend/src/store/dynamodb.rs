@@ -1,7 +1,8 @@
 //! The DynamoDB adapter: two tables, no Scan, every Query paged to the end.
 //!
 //! - connections: hash key `connectionId`; `room`, `name`, `connectedAt`
-//!   (ms), `expiresAt` (TTL, s). The GSI `room-index` (hash key `room`)
+//!   (ms), `expiresAt` (TTL, s), `rateFullAt` (the rate limit's state, µs).
+//!   The GSI `room-index` (hash key `room`)
 //!   projects only `name`, which is all fan-out and the member list need; it
 //!   is sparse, so connections outside any room cost it nothing.
 //! - messages: hash key `room`, sort key `id` (time-ordered and unique);
@@ -13,17 +14,21 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, PutRequest, ReturnValue, ScalarAttributeType,
-    TimeToLiveSpecification, WriteRequest,
+    KeyType, Projection, ProjectionType, PutRequest, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    WriteRequest,
 };
 use shared::{ChatMessage, Name, Room};
 
-use super::{Connection, Member, Members, Store, StoreError};
+use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError};
 
 pub const ROOM_INDEX: &str = "room-index";
 const TTL_ATTRIBUTE: &str = "expiresAt";
+/// The rate limit's state: when the connection's bucket is full again (µs).
+const RATE_ATTRIBUTE: &str = "rateFullAt";
 /// DynamoDB's limit of items per BatchWriteItem.
 pub const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of retrying unprocessed items before a batch counts as failed.
@@ -247,6 +252,40 @@ impl DynamoStore {
         }
     }
 
+    /// An UpdateItem on a connection record if `condition` holds: the record
+    /// after it, or the record as it stood when the condition failed (`None`
+    /// when there is none).
+    async fn update_if(
+        &self,
+        connection_id: &str,
+        update: &str,
+        condition: &str,
+        values: [(&str, AttributeValue); 2],
+    ) -> Result<Result<Item, Option<Item>>, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#full", RATE_ATTRIBUTE)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (placeholder, value) in values {
+            request = request.expression_attribute_values(placeholder, value);
+        }
+        match request.send().await {
+            Ok(output) => Ok(Ok(output.attributes.unwrap_or_default())),
+            Err(error) => match error.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(Err(failed.item().cloned()))
+                }
+                _ => Err(backend("UpdateItem")(error)),
+            },
+        }
+    }
+
     fn connection_from_item(&self, item: &Item) -> Result<Connection, StoreError> {
         let table = &self.config.connections_table;
         Ok(Connection {
@@ -390,6 +429,64 @@ impl Store for DynamoStore {
             .item
             .map(|item| self.connection_from_item(&item))
             .transpose()
+    }
+
+    /// The limit's state is one number in the connection record (see
+    /// [`RateLimit`]). Update expressions have no `max`, so the two cases of
+    /// the algorithm are two conditional updates, tried in the order that
+    /// makes the usual case one round trip: someone typing sends slower than
+    /// the rate, so their bucket is full again by their next message. Only
+    /// a message within a burst needs the second update; one over the limit
+    /// is refused from what the first one's failure returns.
+    async fn admit_message(
+        &self,
+        connection_id: &str,
+        limit: Option<&RateLimit>,
+        now_us: u64,
+    ) -> Result<Admission, StoreError> {
+        let Some(limit) = limit else {
+            return Ok(self
+                .connection(connection_id)
+                .await?
+                .map_or(Admission::Unknown, Admission::Admitted));
+        };
+        let admitted = |item: Item| self.connection_from_item(&item).map(Admission::Admitted);
+        let refill = self
+            .update_if(
+                connection_id,
+                "SET #full = :next",
+                "attribute_exists(connectionId) AND (attribute_not_exists(#full) OR #full <= :now)",
+                [
+                    (":next", n(now_us + limit.interval_us())),
+                    (":now", n(now_us)),
+                ],
+            )
+            .await?;
+        let full_again_us = match refill {
+            Ok(item) => return admitted(item),
+            Err(None) => return Ok(Admission::Unknown),
+            Err(Some(item)) => required_n(&item, RATE_ATTRIBUTE, &self.config.connections_table)?,
+        };
+        if limit.admit(full_again_us, now_us).is_none() {
+            return Ok(Admission::Limited);
+        }
+        let within_burst = self
+            .update_if(
+                connection_id,
+                "SET #full = #full + :interval",
+                "attribute_exists(connectionId) AND #full <= :latest",
+                [
+                    (":interval", n(limit.interval_us())),
+                    (":latest", n(now_us + limit.tolerance_us())),
+                ],
+            )
+            .await?;
+        match within_burst {
+            Ok(item) => admitted(item),
+            Err(None) => Ok(Admission::Unknown),
+            // Another message of this connection got there first.
+            Err(Some(_)) => Ok(Admission::Limited),
+        }
     }
 
     async fn join_room(

@@ -16,7 +16,7 @@ use shared::{ChatMessage, Name, Room};
 
 use super::dynamodb::DynamoStore;
 use super::group_commit::{GroupCommit, GroupWriter};
-use super::{Connection, Member, Members, Store, StoreError};
+use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError};
 
 pub struct LocalStore {
     membership: Mutex<Membership>,
@@ -36,6 +36,19 @@ struct Record {
     connected_at: u64,
     room: Option<Arc<str>>,
     name: Option<Arc<str>>,
+    /// The rate limit's state ([`RateLimit::admit`]).
+    full_again_us: u64,
+}
+
+impl Record {
+    fn connection(&self, connection_id: &str) -> Connection {
+        Connection {
+            connection_id: connection_id.to_owned(),
+            room: self.room.as_deref().map(str::to_owned),
+            name: self.name.as_deref().map(str::to_owned),
+            connected_at: self.connected_at,
+        }
+    }
 }
 
 enum RoomHistory {
@@ -102,13 +115,8 @@ impl LocalStore {
 
 impl Membership {
     fn record(&self, connection_id: &str) -> Option<Connection> {
-        let (id, record) = self.connections.get_key_value(connection_id)?;
-        Some(Connection {
-            connection_id: id.to_string(),
-            room: record.room.as_deref().map(str::to_owned),
-            name: record.name.as_deref().map(str::to_owned),
-            connected_at: record.connected_at,
-        })
+        let record = self.connections.get(connection_id)?;
+        Some(record.connection(connection_id))
     }
 
     fn enter(&mut self, room: &Arc<str>, member: Member) {
@@ -168,6 +176,7 @@ impl Store for LocalStore {
                 connected_at,
                 room,
                 name,
+                full_again_us: 0,
             },
         );
         Ok(())
@@ -175,6 +184,25 @@ impl Store for LocalStore {
 
     async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
         Ok(self.membership().record(connection_id))
+    }
+
+    async fn admit_message(
+        &self,
+        connection_id: &str,
+        limit: Option<&RateLimit>,
+        now_us: u64,
+    ) -> Result<Admission, StoreError> {
+        let mut state = self.membership();
+        let Some(record) = state.connections.get_mut(connection_id) else {
+            return Ok(Admission::Unknown);
+        };
+        if let Some(limit) = limit {
+            match limit.admit(record.full_again_us, now_us) {
+                Some(full_again_us) => record.full_again_us = full_again_us,
+                None => return Ok(Admission::Limited),
+            }
+        }
+        Ok(Admission::Admitted(record.connection(connection_id)))
     }
 
     async fn join_room(

@@ -88,6 +88,10 @@ impl Server {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Tests send faster than people type; the rate limit's own test sets it.
+        if !options.extra.contains(&"--rate-limit") {
+            command.args(["--rate-limit", "0"]);
+        }
         if let Some(endpoint) = options.dynamodb_endpoint {
             command.args(["--dynamodb-endpoint", endpoint]);
         }

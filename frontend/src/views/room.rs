@@ -98,7 +98,7 @@ fn MessageLog() -> impl IntoView {
 fn Composer() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    let draft = RwSignal::new(String::new());
+    let draft = state.draft;
     let online = move || state.status.get() == Status::Online;
     let too_long = move || draft.with(|d| d.len() > DATA_MAX_BYTES);
 
@@ -110,6 +110,7 @@ fn Composer() -> impl IntoView {
         }
         match check_message_data(&data) {
             Ok(()) => {
+                state.last_sent.set_value(Some(data.clone()));
                 chat.outbox.send(ClientFrame::SendMessage { data });
                 draft.set(String::new());
             }
