@@ -717,3 +717,62 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
     expect_error(&mut flooder, "rate_limited").await;
     expect_nothing_more(&mut reader).await;
 }
+
+/// The status line of a WebSocket handshake, and whatever body came with it.
+async fn try_connect(server: &Server) -> Result<Socket, String> {
+    match tokio_tungstenite::connect_async(server.ws_url("")).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(format!(
+            "{} {}",
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn connections_are_capped_in_all_and_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--max-connections-per-ip", "2"],
+    });
+    let first = try_connect(&server).await.unwrap();
+    let mut second = try_connect(&server).await.unwrap();
+    let refused = try_connect(&server).await.unwrap_err();
+    assert!(refused.starts_with("429 "), "{refused}");
+    assert!(refused.contains("too many connections"), "{refused}");
+    // The open ones are unaffected; closing one makes room again.
+    expect_alive(&mut second).await;
+    drop(first);
+    let mut third = None;
+    for _ in 0..50 {
+        match try_connect(&server).await {
+            Ok(socket) => {
+                third = Some(socket);
+                break;
+            }
+            Err(refused) => assert!(refused.starts_with("429 "), "{refused}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect_alive(third.as_mut().expect("room again once one closed")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let full = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--max-connections", "1"],
+    });
+    let mut only = try_connect(&full).await.unwrap();
+    let refused = try_connect(&full).await.unwrap_err();
+    assert!(refused.starts_with("503 "), "{refused}");
+    expect_alive(&mut only).await;
+    // A refused handshake records nothing and costs no slot.
+    let refused = try_connect(&full).await.unwrap_err();
+    assert!(refused.starts_with("503 "), "{refused}");
+}

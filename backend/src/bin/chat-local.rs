@@ -100,6 +100,14 @@ struct Args {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
+    /// Open WebSockets at most; handshakes beyond it get 503.
+    #[arg(long, value_name = "N", default_value_t = 20_000, env = "CHAT_MAX_CONNECTIONS")]
+    max_connections: usize,
+    /// Open WebSockets per client address at most; handshakes beyond it get
+    /// 429. Off by default: behind a reverse proxy every client has the
+    /// proxy's address.
+    #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<u32>,
     /// Messages per second one connection may send, on average; `0` turns
     /// the limit off (benchmarks and load tests do).
     #[arg(long, value_name = "PER_SECOND", default_value_t = RateLimit::DEFAULT.0, env = "CHAT_RATE_LIMIT")]
@@ -194,6 +202,8 @@ async fn main() -> anyhow::Result<()> {
         ping_interval: args.ping_interval,
         idle_timeout: args.idle_timeout,
         max_connection_duration: args.max_connection_duration,
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         ..GatewayConfig::default()
     };
     let sockets = LocalPusher::default();

@@ -8,10 +8,11 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -74,6 +75,11 @@ pub struct GatewayConfig {
     /// Largest message read at all; a larger one closes the socket with 1009
     /// (message too big), as RFC 6455 has it.
     pub max_read_size: usize,
+    /// Open sockets at most; a handshake beyond it gets 503.
+    pub max_connections: usize,
+    /// Open sockets per client address at most (`None`: no limit); a
+    /// handshake beyond it gets 429.
+    pub max_connections_per_ip: Option<u32>,
 }
 
 impl Default for GatewayConfig {
@@ -86,8 +92,71 @@ impl Default for GatewayConfig {
             max_connection_duration: Duration::from_secs(2 * 3600),
             max_message_size: SERVER_FRAME_MAX_BYTES,
             max_read_size: 1024 * 1024,
+            max_connections: 20_000,
+            max_connections_per_ip: None,
         }
     }
+}
+
+/// Counts open sockets, in all and per client address, against the caps.
+#[derive(Default)]
+struct OpenSockets {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl OpenSockets {
+    /// Counts one more socket from `ip`, or says why it may not open.
+    fn open(&self, ip: IpAddr, config: &GatewayConfig) -> Result<(), Response> {
+        let over_total = self
+            .total
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < config.max_connections).then_some(open + 1)
+            })
+            .is_err();
+        if over_total {
+            tracing::warn!(
+                max = config.max_connections,
+                "connection refused: the server is full"
+            );
+            return Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server has as many connections as it takes; try again later",
+            ));
+        }
+        if let Some(max) = config.max_connections_per_ip {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let open = per_ip.entry(ip).or_default();
+            if *open >= max {
+                drop(per_ip);
+                self.total.fetch_sub(1, Ordering::SeqCst);
+                tracing::info!(%ip, max, "connection refused: too many from one address");
+                return Err(refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from your address; close some and try again",
+                ));
+            }
+            *open += 1;
+        }
+        Ok(())
+    }
+
+    fn close(&self, ip: IpAddr, config: &GatewayConfig) {
+        self.total.fetch_sub(1, Ordering::SeqCst);
+        if config.max_connections_per_ip.is_some() {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(open) = per_ip.get_mut(&ip) {
+                *open -= 1;
+                if *open == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+fn refusal(status: StatusCode, message: &'static str) -> Response {
+    (status, [(header::RETRY_AFTER, "5")], message).into_response()
 }
 
 pub struct Gateway<I> {
@@ -97,6 +166,7 @@ pub struct Gateway<I> {
     /// The socket tasks, so shutdown can wait for their close frames.
     tasks: TaskTracker,
     shutting_down: AtomicBool,
+    open: OpenSockets,
 }
 
 /// Why a socket's session ended, as the `$disconnect` event reports it.
@@ -113,6 +183,7 @@ impl<I: Integration> Gateway<I> {
             config,
             tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
+            open: OpenSockets::default(),
         }
     }
 
@@ -198,6 +269,11 @@ impl<I: Integration> Gateway<I> {
             )
                 .into_response();
         };
+        // Behind a dual-stack listener IPv4 clients arrive as ::ffff:a.b.c.d.
+        let ip = peer.ip().to_canonical();
+        if let Err(refusal) = gateway.open.open(ip, &gateway.config) {
+            return refusal;
+        }
         let headers = request.headers();
         let connection_id = new_connection_id();
         let user_agent = headers
@@ -205,7 +281,7 @@ impl<I: Integration> Gateway<I> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let info = ConnectionInfo::new(now_ms(), peer.ip().to_string(), user_agent);
+        let info = ConnectionInfo::new(now_ms(), ip.to_string(), user_agent);
         // Boxed: the task below keeps what it captures for the socket's whole
         // life, and the event is large.
         let event = Box::new(gateway.connect_event(&connection_id, &info, headers, query));
@@ -217,6 +293,7 @@ impl<I: Integration> Gateway<I> {
             gateway
                 .sockets
                 .close(&connection_id, close_code::GOING_AWAY, "shutting down");
+            gateway.open.close(ip, &gateway.config);
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down",
@@ -230,60 +307,10 @@ impl<I: Integration> Gateway<I> {
         let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
         let task = async move {
-            // Consumed by `call_boxed`, which frees the box (and the request
-            // headers in it) at once: a box this task merely moved out of
-            // would stay allocated for the socket's whole life.
-            // In a block of its own: the response is not kept in the task
-            // for the socket's whole life.
-            {
-                let response = gateway.call_boxed(event).await;
-                if !(200..300).contains(&response.status_code) {
-                    gateway
-                        .sockets
-                        .close(&connection_id, close_code::NORMAL, "connect refused");
-                    let _ = answer.send(Err(response));
-                    return;
-                }
-            }
-            let stream = if answer.send(Ok(())).is_err() {
-                tracing::info!(connection_id, "the client left during $connect");
-                None
-            } else {
-                match on_upgrade
-                    .await
-                    .map(|upgraded| upgraded.downcast::<TokioIo<TcpStream>>())
-                {
-                    Ok(Ok(parts)) => Some((parts.io.into_inner(), parts.read_buf)),
-                    Ok(Err(_)) => {
-                        tracing::error!(
-                            connection_id,
-                            "the upgraded connection is not a TCP stream"
-                        );
-                        None
-                    }
-                    Err(error) => {
-                        tracing::info!(connection_id, %error, "upgrade failed after $connect");
-                        None
-                    }
-                }
-            };
-            let ending = match stream {
-                Some((stream, read_ahead)) => {
-                    gateway
-                        .run(&stream, read_ahead, &connection_id, &socket)
-                        .await
-                }
-                None => Ending {
-                    status_code: close_code::ABNORMAL,
-                    reason: "upgrade failed".into(),
-                },
-            };
             gateway
-                .sockets
-                .close(&connection_id, close_code::NORMAL, "closed");
-            gateway
-                .disconnect(&connection_id, &socket.info, ending)
+                .session(event, connection_id, socket, answer, on_upgrade)
                 .await;
+            gateway.open.close(ip, &gateway.config);
         };
         tracing::trace!(bytes = std::mem::size_of_val(&task), "socket task");
         tasks.spawn(task);
@@ -307,6 +334,61 @@ impl<I: Integration> Gateway<I> {
             ],
         )
             .into_response()
+    }
+
+    /// A socket from `$connect` to `$disconnect`.
+    async fn session(
+        &self,
+        event: Box<ApiGatewayWebsocketProxyRequest>,
+        connection_id: String,
+        socket: Arc<LocalSocket>,
+        answer: oneshot::Sender<Result<(), ApiGatewayProxyResponse>>,
+        on_upgrade: OnUpgrade,
+    ) {
+        // Consumed by `call_boxed`, which frees the box (and the request
+        // headers in it) at once: a box this task merely moved out of would
+        // stay allocated for the socket's whole life. In a block of its own:
+        // the response is not kept in the task for the socket's whole life.
+        {
+            let response = self.call_boxed(event).await;
+            if !(200..300).contains(&response.status_code) {
+                self.sockets
+                    .close(&connection_id, close_code::NORMAL, "connect refused");
+                let _ = answer.send(Err(response));
+                return;
+            }
+        }
+        let stream = if answer.send(Ok(())).is_err() {
+            tracing::info!(connection_id, "the client left during $connect");
+            None
+        } else {
+            match on_upgrade
+                .await
+                .map(|upgraded| upgraded.downcast::<TokioIo<TcpStream>>())
+            {
+                Ok(Ok(parts)) => Some((parts.io.into_inner(), parts.read_buf)),
+                Ok(Err(_)) => {
+                    tracing::error!(connection_id, "the upgraded connection is not a TCP stream");
+                    None
+                }
+                Err(error) => {
+                    tracing::info!(connection_id, %error, "upgrade failed after $connect");
+                    None
+                }
+            }
+        };
+        let ending = match stream {
+            Some((stream, read_ahead)) => {
+                self.run(&stream, read_ahead, &connection_id, &socket).await
+            }
+            None => Ending {
+                status_code: close_code::ABNORMAL,
+                reason: "upgrade failed".into(),
+            },
+        };
+        self.sockets
+            .close(&connection_id, close_code::NORMAL, "closed");
+        self.disconnect(&connection_id, &socket.info, ending).await;
     }
 
     /// One socket's life: frames in become events, queued frames go out in
