@@ -101,7 +101,12 @@ struct Args {
     )]
     allowed_origins: Vec<String>,
     /// Open WebSockets at most; handshakes beyond it get 503.
-    #[arg(long, value_name = "N", default_value_t = 20_000, env = "CHAT_MAX_CONNECTIONS")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 20_000,
+        env = "CHAT_MAX_CONNECTIONS"
+    )]
     max_connections: usize,
     /// Open WebSockets per client address at most; handshakes beyond it get
     /// 429. Off by default: behind a reverse proxy every client has the

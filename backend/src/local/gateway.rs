@@ -107,7 +107,7 @@ struct OpenSockets {
 
 impl OpenSockets {
     /// Counts one more socket from `ip`, or says why it may not open.
-    fn open(&self, ip: IpAddr, config: &GatewayConfig) -> Result<(), Response> {
+    fn open(&self, ip: IpAddr, config: &GatewayConfig) -> Result<(), Refusal> {
         let over_total = self
             .total
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
@@ -119,7 +119,7 @@ impl OpenSockets {
                 max = config.max_connections,
                 "connection refused: the server is full"
             );
-            return Err(refusal(
+            return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server has as many connections as it takes; try again later",
             ));
@@ -131,7 +131,7 @@ impl OpenSockets {
                 drop(per_ip);
                 self.total.fetch_sub(1, Ordering::SeqCst);
                 tracing::info!(%ip, max, "connection refused: too many from one address");
-                return Err(refusal(
+                return Err(Refusal(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many connections from your address; close some and try again",
                 ));
@@ -155,8 +155,13 @@ impl OpenSockets {
     }
 }
 
-fn refusal(status: StatusCode, message: &'static str) -> Response {
-    (status, [(header::RETRY_AFTER, "5")], message).into_response()
+/// A handshake refused for want of room, to be tried again later.
+struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, [(header::RETRY_AFTER, "5")], self.1).into_response()
+    }
 }
 
 pub struct Gateway<I> {
@@ -272,7 +277,7 @@ impl<I: Integration> Gateway<I> {
         // Behind a dual-stack listener IPv4 clients arrive as ::ffff:a.b.c.d.
         let ip = peer.ip().to_canonical();
         if let Err(refusal) = gateway.open.open(ip, &gateway.config) {
-            return refusal;
+            return refusal.into_response();
         }
         let headers = request.headers();
         let connection_id = new_connection_id();
