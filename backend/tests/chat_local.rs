@@ -776,3 +776,59 @@ async fn connections_are_capped_in_all_and_per_address() {
     let refused = try_connect(&full).await.unwrap_err();
     assert!(refused.starts_with("503 "), "{refused}");
 }
+
+#[tokio::test]
+async fn the_chat_survives_its_store_going_down_and_coming_back() {
+    let mut dynamo = StoppableDynamo::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: Some(&dynamo.endpoint),
+        extra: &[],
+    });
+    let (mut ada, _) = server.join("outage", "Ada").await;
+    let (mut bo, _) = server.join("outage", "Bo").await;
+    expect(&mut ada, "presence").await;
+    say(&mut ada, "before").await;
+    for socket in [&mut ada, &mut bo] {
+        assert_eq!(expect(socket, "message").await["data"], "before");
+    }
+
+    dynamo.stop();
+    // The message cannot be stored, so it is not delivered; its sender is
+    // told, and both sockets stay open.
+    say(&mut ada, "during").await;
+    let error = expect_error(&mut ada, "internal").await;
+    assert!(error["message"].as_str().unwrap().contains("try again"));
+    expect_alive(&mut ada).await;
+    expect_nothing_more(&mut bo).await;
+
+    dynamo.restart();
+    // Sending works again without a restart of chat-local (the SDK may
+    // need a moment to give up on its old connections).
+    let mut delivered = false;
+    for attempt in 0..20 {
+        say(&mut ada, &format!("after {attempt}")).await;
+        let frame = next_frame(&mut ada).await;
+        if frame["type"] == "message" {
+            assert_eq!(expect(&mut bo, "message").await["data"], frame["data"]);
+            delivered = true;
+            break;
+        }
+        assert_eq!(frame["code"], "internal", "{frame}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(delivered, "the chat works again once the store is back");
+    expect_nothing_more(&mut bo).await;
+    // History was kept, and new joiners get it.
+    let (_cy, joined) = server.join("outage", "Cy").await;
+    let history: Vec<&str> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(history.first(), Some(&"before"));
+    assert!(!history.contains(&"during"));
+}

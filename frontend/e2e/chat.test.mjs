@@ -32,7 +32,7 @@ function startServer(addr = '127.0.0.1:0', { dist = DIST, data = dataDir, extra 
       const found = output.match(/ready on (http:\/\/\S+)/);
       if (found && timer) {
         clearTimeout(timer);
-        resolve({ child, url: found[1] });
+        resolve({ child, url: found[1], output: () => output });
       }
     });
     child.on('exit', (code) => reject(new Error(`chat-local exited (${code}):\n${output}`)));
@@ -199,5 +199,61 @@ test('a message over the rate limit is refused and stays in the composer', async
   } finally {
     await stopServer(limited.child);
     rmSync(data, { recursive: true, force: true });
+  }
+});
+
+test('under API Gateway\'s rules idle tabs stay connected and forced reconnects are quiet', async () => {
+  // No server pings, a 3 s idle timeout, connections cut after 12 s; the app
+  // told to send a heartbeat after 1 s without sending.
+  const site = mkdtempSync(join(tmpdir(), 'chat-gw-site-'));
+  const data = mkdtempSync(join(tmpdir(), 'chat-gw-data-'));
+  cpSync(DIST, site, { recursive: true });
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ heartbeatSeconds: 1 }));
+  const gw = await startServer('127.0.0.1:0', {
+    dist: site,
+    data,
+    extra: ['--ping-interval', '0', '--idle-timeout', '3s', '--max-connection-duration', '12s'],
+  });
+  const connects = () => (gw.output().match(/ connected connection_id=/g) ?? []).length;
+  try {
+    const ada = await openAs('Ada', 'gw-room', gw.url);
+    const bo = await openAs('Bo', 'gw-room', gw.url);
+    await log(ada).getByText('\u2068Bo\u2069 joined').waitFor(WAIT);
+    assert.equal(connects(), 2);
+
+    // Idle for 5 s, well past the idle timeout: the heartbeat keeps both open.
+    for (let waited = 0; waited < 5000; waited += 250) {
+      for (const page of [ada, bo]) {
+        assert.equal(await page.getByText('Connected').count(), 1, 'idle tabs stay connected');
+      }
+      await ada.waitForTimeout(250);
+    }
+    assert.equal(connects(), 2, 'nobody reconnected while idle');
+
+    // Both connections reach their maximum duration and are replaced.
+    const deadline = Date.now() + 30_000;
+    while (connects() < 4 && Date.now() < deadline) await ada.waitForTimeout(200);
+    assert.equal(connects(), 4, 'both tabs were cut off and reconnected');
+    // Past the grace period in which a leave waits for its rejoin.
+    await ada.waitForTimeout(6000);
+    for (const page of [ada, bo]) await page.getByText('Connected').waitFor(WAIT);
+
+    assert.equal(await log(bo).getByText(/Ada\u2069 (left|joined)/).count(), 0, 'Bo saw no leave or join of Ada');
+    assert.equal(await log(ada).getByText(/Bo\u2069 left/).count(), 0, 'Ada saw no leave of Bo');
+    assert.equal(await log(ada).getByText(/Bo\u2069 joined/).count(), 1, 'only the real join');
+    for (const page of [ada, bo]) {
+      for (const name of ['Ada', 'Bo']) {
+        assert.equal(await members(page).getByText(name, { exact: true }).count(), 1, `${name} listed once`);
+      }
+    }
+    // And the chat goes on over the new connections.
+    await messageField(ada).fill('still here');
+    await messageField(ada).press('Enter');
+    await log(bo).getByText('still here', { exact: true }).waitFor(WAIT);
+    await ada.context().close();
+    await bo.context().close();
+  } finally {
+    await stopServer(gw.child);
+    for (const dir of [site, data]) rmSync(dir, { recursive: true, force: true });
   }
 });

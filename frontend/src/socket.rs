@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use futures::{SinkExt, StreamExt, select};
+use futures::{FutureExt, SinkExt, StreamExt, select};
 use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use leptos::prelude::*;
@@ -39,12 +39,12 @@ pub fn connect(state: ChatState) -> Outbox {
 }
 
 async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>) {
-    let url = websocket_url().await;
+    let settings = settings().await;
     let mut failures = 0u32;
     loop {
         state.status.set(Status::Connecting);
-        if let Ok(socket) = WebSocket::open(&url)
-            && session(&state, socket, &mut queue).await
+        if let Ok(socket) = WebSocket::open(&settings.websocket_url)
+            && session(&state, socket, &mut queue, settings.heartbeat).await
         {
             failures = 0;
         }
@@ -62,10 +62,15 @@ async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>) {
 }
 
 /// One open socket, until it drops. True if it ever opened.
+///
+/// After `heartbeat` without sending anything it sends a `ping`: API Gateway
+/// drops a connection after 10 minutes without a client frame, however
+/// busy the room.
 async fn session(
     state: &ChatState,
     socket: WebSocket,
     queue: &mut UnboundedReceiver<ClientFrame>,
+    heartbeat: Duration,
 ) -> bool {
     let (mut write, read) = socket.split();
     let mut read = read.fuse();
@@ -84,13 +89,23 @@ async fn session(
     {
         return true;
     }
+    let mut last_sent = js_sys::Date::now();
     loop {
+        let quiet_for = Duration::from_millis((js_sys::Date::now() - last_sent).max(0.0) as u64);
+        let mut beat = gloo_timers::future::sleep(heartbeat.saturating_sub(quiet_for)).fuse();
         select! {
+            () = beat => {
+                if write.send(text(&ClientFrame::Ping)).await.is_err() {
+                    return true;
+                }
+                last_sent = js_sys::Date::now();
+            },
             frame = queue.next() => match frame {
                 Some(frame) => {
                     if write.send(text(&frame)).await.is_err() {
                         return true;
                     }
+                    last_sent = js_sys::Date::now();
                 }
                 None => return true,
             },
@@ -118,13 +133,23 @@ fn retry_delay(failures: u32) -> Duration {
     capped.mul_f64(0.5 + js_sys::Math::random() / 2.0)
 }
 
-/// `config.json` beside the page may name the WebSocket URL (the S3
-/// deployment does); otherwise it is this page's own origin at `/ws`.
-async fn websocket_url() -> String {
-    #[derive(Deserialize)]
+/// What `config.json` beside the page may set; every field is optional.
+struct Settings {
+    /// The S3 deployment names its API Gateway URL; otherwise it is this
+    /// page's own origin at `/ws`.
+    websocket_url: String,
+    /// `heartbeatSeconds`, 300 by default: half API Gateway's idle timeout.
+    heartbeat: Duration,
+}
+
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
+
+async fn settings() -> Settings {
+    #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Config {
-        websocket_url: String,
+        websocket_url: Option<String>,
+        heartbeat_seconds: Option<f64>,
     }
     let configured = async {
         let window = web_sys::window()?;
@@ -140,10 +165,25 @@ async fn websocket_url() -> String {
             .await
             .ok()?
             .as_string()?;
-        serde_json::from_str::<Config>(&text).ok()
+        match serde_json::from_str::<Config>(&text) {
+            Ok(config) => Some(config),
+            Err(error) => {
+                leptos::logging::warn!("config.json is not usable, using defaults: {error}");
+                None
+            }
+        }
     };
-    match configured.await {
-        Some(config) if !config.websocket_url.is_empty() => config.websocket_url,
-        _ => crate::browser::default_websocket_url(),
+    let config = configured.await.unwrap_or_default();
+    Settings {
+        websocket_url: config
+            .websocket_url
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(crate::browser::default_websocket_url),
+        heartbeat: config
+            .heartbeat_seconds
+            .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
+            .map_or(DEFAULT_HEARTBEAT, |seconds| {
+                Duration::from_secs_f64(seconds.min(86_400.0))
+            }),
     }
 }

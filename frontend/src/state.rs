@@ -58,6 +58,25 @@ pub struct ChatState {
     pub last_sent: StoredValue<Option<String>>,
     seen: StoredValue<HashSet<String>>,
     notices: StoredValue<u64>,
+    /// Presence notices held back in case they are half of a reconnect.
+    pending: StoredValue<Vec<Pending>>,
+}
+
+/// How long a leave (or a join of a name already here) waits for its pair
+/// before it is shown: the web app reconnects within a few seconds.
+const RECONNECT_GRACE_MS: u32 = 5_000;
+
+struct Pending {
+    key: u64,
+    name: String,
+    event: PresenceEvent,
+    ts: u64,
+}
+
+/// First-strong isolates: a right-to-left name cannot reorder the words
+/// around it.
+fn presence_text(name: &str, verb: &str) -> String {
+    format!("\u{2068}{name}\u{2069} {verb}")
 }
 
 impl ChatState {
@@ -75,6 +94,7 @@ impl ChatState {
             last_sent: StoredValue::new(None),
             seen: StoredValue::new(HashSet::new()),
             notices: StoredValue::new(0),
+            pending: StoredValue::new(Vec::new()),
         }
     }
 
@@ -93,6 +113,7 @@ impl ChatState {
                 if !same_room {
                     self.log.set(Vec::new());
                     self.seen.update_value(HashSet::clear);
+                    self.pending.update_value(Vec::clear);
                 }
                 self.joined.set(Some(Membership { room, name }));
                 self.members.set(members);
@@ -118,6 +139,7 @@ impl ChatState {
                 if !self.is_current_room(&room) {
                     return;
                 }
+                let already_here = self.members.with_untracked(|m| m.contains(&name));
                 self.members.update(|members| match event {
                     PresenceEvent::Join => members.push(name.clone()),
                     PresenceEvent::Leave => {
@@ -127,13 +149,7 @@ impl ChatState {
                     }
                 });
                 self.count.set(count);
-                let verb = match event {
-                    PresenceEvent::Join => "joined",
-                    PresenceEvent::Leave => "left",
-                };
-                // First-strong isolates: a right-to-left name cannot reorder the
-                // words around it.
-                self.add_notice(format!("\u{2068}{name}\u{2069} {verb}"));
+                self.announce(event, name, already_here);
             }
             ServerFrame::Left { room } => {
                 if self.is_current_room(&room) {
@@ -156,6 +172,66 @@ impl ChatState {
         }
     }
 
+    /// A notice that someone came or went, unless it is a reconnect: a
+    /// connection dropped (API Gateway's 2-hour cap, a network change) and
+    /// the same name came back within [`RECONNECT_GRACE_MS`], in either
+    /// order (the old connection's leave can come after the new one's join).
+    /// Such notices wait that long and are dropped if their pair arrives.
+    fn announce(&self, event: PresenceEvent, name: String, already_here: bool) {
+        let pair = |pending: &Pending| pending.name == name && pending.event != event;
+        if let Some(at) = self.pending.with_value(|p| p.iter().position(pair)) {
+            self.pending.update_value(|p| {
+                p.remove(at);
+            });
+            return;
+        }
+        let verb = match event {
+            PresenceEvent::Join if !already_here => {
+                self.add_notice(presence_text(&name, "joined"));
+                return;
+            }
+            PresenceEvent::Join => "joined",
+            PresenceEvent::Leave => "left",
+        };
+        let key = self.notices.get_value();
+        self.notices.set_value(key + 1);
+        self.pending.update_value(|p| {
+            p.push(Pending {
+                key,
+                name: name.clone(),
+                event,
+                ts: crate::browser::now_ms(),
+            })
+        });
+        let state = *self;
+        gloo_timers::callback::Timeout::new(RECONNECT_GRACE_MS, move || {
+            let Some(pending) = state
+                .pending
+                .try_update_value(|p| p.iter().position(|p| p.key == key).map(|at| p.remove(at)))
+                .flatten()
+            else {
+                return;
+            };
+            // Still or again present after a leave, or one connection of the
+            // name after a join: the room already shows what happened.
+            let on = state
+                .members
+                .with_untracked(|m| m.iter().filter(|n| **n == pending.name).count());
+            let happened = match pending.event {
+                PresenceEvent::Leave => on == 0,
+                PresenceEvent::Join => on > 1,
+            };
+            if happened && state.joined.with_untracked(Option::is_some) {
+                state.push(Entry::Notice {
+                    key: pending.key,
+                    text: presence_text(&pending.name, verb),
+                    ts: pending.ts,
+                });
+            }
+        })
+        .forget();
+    }
+
     pub fn clear_room(&self) {
         if let Some(joined) = self.joined.get_untracked() {
             self.last_room.set(Some(joined.room));
@@ -165,6 +241,7 @@ impl ChatState {
         self.count.set(0);
         self.log.set(Vec::new());
         self.seen.update_value(HashSet::clear);
+        self.pending.update_value(Vec::clear);
     }
 
     pub fn add_notice(&self, text: String) {

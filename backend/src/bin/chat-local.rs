@@ -64,7 +64,8 @@ struct Args {
     connections_table: String,
     #[arg(long, default_value = "chat-messages")]
     messages_table: String,
-    /// How often idle sockets are pinged.
+    /// How often idle sockets are pinged; `0` never pings, as API Gateway
+    /// does not, so only what clients send keeps a socket alive.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
     /// How long a socket may stay silent before it counts as dead.
@@ -141,9 +142,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let args = Args::parse();
-    if args.ping_interval.is_zero() || args.ping_interval >= args.idle_timeout {
+    if !args.ping_interval.is_zero() && args.ping_interval >= args.idle_timeout {
         anyhow::bail!(
-            "--ping-interval ({:?}) must be above zero and below --idle-timeout ({:?}), or quiet clients are dropped unpinged",
+            "--ping-interval ({:?}) must be below --idle-timeout ({:?}), or quiet clients are dropped unpinged (0 turns pings off)",
             args.ping_interval,
             args.idle_timeout
         );

@@ -62,7 +62,8 @@ pub struct GatewayConfig {
     pub stage: String,
     /// Route keys besides `$connect`, `$disconnect` and `$default`.
     pub routes: Vec<String>,
-    /// How often quiet sockets are pinged (and idle or expired ones closed).
+    /// How often quiet sockets are pinged (and idle or expired ones closed);
+    /// zero never pings, as API Gateway does not.
     pub ping_interval: Duration,
     /// How long a socket may stay silent (no frame, no pong) before it counts
     /// as dead and is disconnected.
@@ -220,7 +221,15 @@ impl<I: Integration> Gateway<I> {
     /// open past the maximum duration: one task for every socket, rather
     /// than timers in each.
     pub async fn keep_alive(self: Arc<Self>) {
-        let every = self.config.ping_interval;
+        let pings = !self.config.ping_interval.is_zero();
+        let every = if pings {
+            self.config.ping_interval
+        } else {
+            // Only closing to do: often enough that the idle timeout is kept
+            // to within a quarter of itself.
+            (self.config.idle_timeout / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30))
+        };
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let ping_after = every.as_millis() as u64;
@@ -245,7 +254,7 @@ impl<I: Integration> Gateway<I> {
                         reason: "idle timeout",
                     })
                 } else {
-                    if silent >= ping_after {
+                    if pings && silent >= ping_after {
                         socket.ping();
                     }
                     None

@@ -49,6 +49,69 @@ impl Dynamo {
     }
 }
 
+/// A DynamoDB engine that can be stopped and started again on the same
+/// port with the same data, like a DynamoDB endpoint that goes down and
+/// comes back.
+pub struct StoppableDynamo {
+    pub endpoint: String,
+    addr: SocketAddr,
+    database: dynoxide::Database,
+    running: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl StoppableDynamo {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut dynamo = Self {
+            endpoint: format!("http://{addr}"),
+            addr,
+            database: dynoxide::Database::memory().unwrap(),
+            running: None,
+        };
+        dynamo.serve(listener);
+        dynamo
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        listener.set_nonblocking(true).unwrap();
+        let database = self.database.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serving = dynoxide::server::serve_on(listener, database);
+                let stop = tokio::task::spawn_blocking(move || stopped.recv());
+                tokio::select! {
+                    () = serving => {}
+                    _ = stop => {}
+                }
+            });
+            // Dropping the runtime drops every connection it was serving.
+            runtime.shutdown_background();
+        });
+        self.running = Some((stop, thread));
+    }
+
+    /// Down: the port refuses connections, open ones are cut.
+    pub fn stop(&mut self) {
+        if let Some((stop, thread)) = self.running.take() {
+            let _ = stop.send(());
+            thread.join().unwrap();
+        }
+    }
+
+    /// Back, on the same port, with the same tables and items.
+    pub fn restart(&mut self) {
+        let listener = std::net::TcpListener::bind(self.addr).unwrap();
+        self.serve(listener);
+    }
+}
+
 /// A running chat-local, killed when dropped.
 pub struct Server {
     child: Child,

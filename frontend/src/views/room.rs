@@ -135,19 +135,26 @@ fn Composer() -> impl IntoView {
 fn MemberList() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    let sorted = move || {
+    // A name on several connections (two tabs, or a reconnect whose old
+    // connection the server has not let go yet) is one person here.
+    let distinct = Memo::new(move |_| {
         let mut members = state.members.get();
-        members.sort_by_key(|name| name.to_lowercase());
-        members.into_iter().enumerate().collect::<Vec<_>>()
+        members.sort_by(|a, b| a.to_lowercase().cmp(&b.to_lowercase()).then(a.cmp(b)));
+        members.dedup();
+        members
+    });
+    let count = move || {
+        let repeated = state.members.with(Vec::len) - distinct.with(Vec::len);
+        state.count.get().saturating_sub(repeated)
     };
     view! {
         <aside class="members">
-            <h2 id="members-heading">"Members " <span class="count">{move || state.count.get()}</span></h2>
+            <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
             <ul aria-label="Members">
-                <For each=sorted key=|(i, name)| format!("{i}-{name}") let:member>
+                <For each=move || distinct.get() key=String::clone let:name>
                     <li>
-                        <span class="avatar" aria-hidden="true">{initial(&member.1)}</span>
-                        <span class="member-name">{member.1.clone()}</span>
+                        <span class="avatar" aria-hidden="true">{initial(&name)}</span>
+                        <span class="member-name">{name.clone()}</span>
                     </li>
                 </For>
             </ul>
