@@ -832,3 +832,137 @@ async fn the_chat_survives_its_store_going_down_and_coming_back() {
     assert_eq!(history.first(), Some(&"before"));
     assert!(!history.contains(&"during"));
 }
+
+#[tokio::test]
+async fn a_clients_close_frame_is_answered_and_the_room_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("goodbye", "Ada").await;
+    let (mut bo, _) = server.join("goodbye", "Bo").await;
+    expect(&mut ada, "presence").await;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    bo.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    // RFC 6455 §5.5.1: the server answers with a Close of its own (echoing
+    // the code), then the connection ends cleanly.
+    let answer = tokio::time::timeout(WAIT, bo.next()).await.unwrap();
+    match answer {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Library(4000)),
+        other => panic!("expected the server's close frame, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(WAIT, bo.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "a clean end after the closing handshake"
+    );
+    let presence = expect(&mut ada, "presence").await;
+    assert_eq!(
+        (presence["event"].as_str(), presence["name"].as_str()),
+        (Some("leave"), Some("Bo"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_and_exits_despite_a_half_sent_request() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("shutdown", "Ada").await;
+    // A client that sends part of a request head and then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // And a handshake left hanging half-way as well.
+    let mut stalled_ws = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled_ws
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let closing = tokio::spawn(async move {
+        match tokio::time::timeout(WAIT, ada.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => Some(frame.code),
+            _ => None,
+        }
+    });
+    let took = tokio::task::spawn_blocking(move || {
+        server.signal_and_wait("TERM", Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        closing.await.unwrap(),
+        Some(CloseCode::Away),
+        "sockets are told first"
+    );
+    let took = took.expect("chat-local exits although a client never finished its request");
+    assert!(
+        took < Duration::from_secs(8),
+        "within its grace period: {took:?}"
+    );
+    drop((stalled, stalled_ws));
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("haunted", "Ada").await;
+    // Handshakes that join through the query string and hang up at once,
+    // before or while `$connect` runs.
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "GET /ws?room=haunted&name=Ghost HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            server.addr
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        drop(tcp);
+    }
+    // Every Ghost that got in left again: Ada hears as many leaves as joins.
+    let mut in_room = 0i32;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), next_frame(&mut ada)).await {
+            Ok(frame) => match frame["event"].as_str() {
+                Some("join") => in_room += 1,
+                Some("leave") => in_room -= 1,
+                _ => panic!("unexpected frame {frame}"),
+            },
+            Err(_) if in_room == 0 => break,
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "{in_room} ghosts stay"
+            ),
+        }
+    }
+    // And a newcomer finds only Ada.
+    let mut probe = server.connect().await;
+    send(
+        &mut probe,
+        json!({"action": "join", "room": "haunted", "name": "Probe"}),
+    )
+    .await;
+    let joined = loop {
+        let frame = next_frame(&mut probe).await;
+        if frame["type"] == "joined" {
+            break frame;
+        }
+    };
+    assert_eq!(names(&joined), ["Ada", "Probe"]);
+    // Ada heard the comings and goings and is still connected.
+    send(&mut ada, json!({"action": "ping"})).await;
+    while next_frame(&mut ada).await["type"] != "pong" {}
+}

@@ -230,6 +230,23 @@ impl Server {
 }
 
 impl Server {
+    /// Sends `signal` (`TERM`, `INT`) and waits up to `limit` for the
+    /// process to exit: how long it took, or `None` if it is still running
+    /// (it is then killed).
+    pub fn signal_and_wait(mut self, signal: &str, limit: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the server with SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         let _ = self.child.kill();
