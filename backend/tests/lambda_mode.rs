@@ -73,7 +73,11 @@ async fn the_lambda_binary_runs_a_whole_chat_behind_chat_local() {
             template.to_str().unwrap(),
         ],
     });
-    let _watch = start_lambda_watch(lambda_port, &dynamo.endpoint, &server.http("/local"));
+    let _watch = start_lambda_watch(
+        lambda_port,
+        &dynamo.endpoint,
+        &server.management_url("/local"),
+    );
 
     // The first invocation may wait for cargo-lambda to build the binary.
     let started = Instant::now();

@@ -29,10 +29,22 @@ async fn posts_reads_and_deletes_connections_like_api_gateway() {
     assert_eq!(ids.len(), 1);
     let ada_id = &ids[0];
 
+    // Only on its own listener: the public one (the web app's, behind any
+    // reverse proxy) does not take pushes.
+    for path in [
+        format!("/@connections/{ada_id}"),
+        format!("/local/@connections/{ada_id}"),
+    ] {
+        let (status, _) = http_request("POST", &server.http(&path), Some(b"{\"x\":1}")).await;
+        assert_ne!(status, 200, "{path} on the public listener");
+    }
+    expect_nothing_more(&mut ada).await;
+    assert!(server.management.ip().is_loopback());
+
     // POST: the body arrives as one text frame, verbatim.
     let (status, _) = http_request(
         "POST",
-        &server.http(&format!("/@connections/{ada_id}")),
+        &server.management_url(&format!("/@connections/{ada_id}")),
         Some(br#"{"type":"notice","text":"from a service"}"#),
     )
     .await;
@@ -45,7 +57,7 @@ async fn posts_reads_and_deletes_connections_like_api_gateway() {
     // The same under a stage prefix, where the AWS SDK puts it.
     let (status, _) = http_request(
         "POST",
-        &server.http(&format!("/local/@connections/{ada_id}")),
+        &server.management_url(&format!("/local/@connections/{ada_id}")),
         Some(b"{\"staged\":true}"),
     )
     .await;
@@ -55,7 +67,7 @@ async fn posts_reads_and_deletes_connections_like_api_gateway() {
     // GET: when it connected and from where.
     let (status, body) = http_request(
         "GET",
-        &server.http(&format!("/@connections/{ada_id}")),
+        &server.management_url(&format!("/@connections/{ada_id}")),
         None,
     )
     .await;
@@ -67,8 +79,12 @@ async fn posts_reads_and_deletes_connections_like_api_gateway() {
 
     // Unknown connections are gone: 410, as API Gateway answers.
     for method in ["POST", "GET", "DELETE"] {
-        let (status, body) =
-            http_request(method, &server.http("/@connections/nobody"), Some(b"x")).await;
+        let (status, body) = http_request(
+            method,
+            &server.management_url("/@connections/nobody"),
+            Some(b"x"),
+        )
+        .await;
         assert_eq!(status, 410, "{method}");
         assert!(body.contains("no such connection"));
     }
@@ -77,7 +93,7 @@ async fn posts_reads_and_deletes_connections_like_api_gateway() {
     let (mut bo, _) = server.join("ops", "Bo").await;
     let (status, _) = http_request(
         "DELETE",
-        &server.http(&format!("/@connections/{ada_id}")),
+        &server.management_url(&format!("/@connections/{ada_id}")),
         None,
     )
     .await;
@@ -146,8 +162,12 @@ mod apigw_pusher {
         let ada_id = connection_ids(&dynamo, "sdk").await.remove(0);
 
         // As on AWS: the endpoint is https://{domain}/{stage}, here chat-local.
-        let api = ManagementApi::new(local_sdk_config(), Some(server.http("/local")), policy());
-        let pusher = api.pusher(&server.http("/local"));
+        let api = ManagementApi::new(
+            local_sdk_config(),
+            Some(server.management_url("/local")),
+            policy(),
+        );
+        let pusher = api.pusher(&server.management_url("/local"));
         let frame = Frame::from(r#"{"type":"pong"}"#.to_owned());
         pusher.push(&ada_id, frame.clone()).await.unwrap();
         assert_eq!(expect(&mut ada, "pong").await, json!({"type": "pong"}));

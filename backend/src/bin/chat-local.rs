@@ -7,7 +7,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "CHAT_ADDR")]
     addr: SocketAddr,
+    /// Where the API Gateway Management API (`/@connections/{id}`) listens:
+    /// whoever can reach it can push to any socket, so loopback by default.
+    /// Unset, it is 127.0.0.1:8090, or a free port if that one is taken.
+    #[arg(long, env = "CHAT_MANAGEMENT_ADDR")]
+    management_addr: Option<SocketAddr>,
     /// Where the embedded store keeps its data (message history survives restarts).
     #[arg(long, default_value = ".chat-data", env = "CHAT_DATA_DIR")]
     data_dir: PathBuf,
@@ -213,7 +218,11 @@ async fn main() -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     let sockets = LocalPusher::default();
-    let (addr, dist) = (&args.addr, &args.dist);
+    let listen = Listen {
+        addr: args.addr,
+        management_addr: args.management_addr,
+        dist: args.dist.clone(),
+    };
     match &args.lambda_endpoint {
         // The real Lambda binaries, invoked as API Gateway would.
         Some(endpoint) => {
@@ -227,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
                 ..gateway_config
             };
             let invoker = LambdaInvoker::new(endpoint, routes);
-            serve(Gateway::new(invoker, sockets, gateway_config), addr, dist).await?;
+            serve(Gateway::new(invoker, sockets, gateway_config), &listen).await?;
         }
         // The handlers in this process, pushing straight into its sockets.
         // History written by the embedded engine in process when there is
@@ -241,11 +250,11 @@ async fn main() -> anyhow::Result<()> {
                 None => LocalStore::new(dynamo.clone(), dynamo),
             };
             let chat = Chat::new(store, sockets.clone(), chat_config);
-            serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
+            serve(Gateway::new(chat, sockets, gateway_config), &listen).await?;
         }
         None => {
             let chat = Chat::new(dynamo, sockets.clone(), chat_config);
-            serve(Gateway::new(chat, sockets, gateway_config), addr, dist).await?;
+            serve(Gateway::new(chat, sockets, gateway_config), &listen).await?;
         }
     }
 
@@ -255,14 +264,38 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves API Gateway's two faces, a health check and the web app until
+/// Where chat-local listens, and what it serves besides the gateway.
+struct Listen {
+    addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
+    dist: PathBuf,
+}
+
+/// The default Management API address, when nobody asked for another.
+const MANAGEMENT_ADDR: &str = "127.0.0.1:8090";
+
+/// Serves API Gateway's two faces (the WebSocket endpoint and, on a listener
+/// of its own, the Management API), a health check and the web app until
 /// Ctrl-C, then closes every socket.
-async fn serve<I: Integration>(
-    gateway: Gateway<I>,
-    addr: &SocketAddr,
-    dist: &Path,
-) -> anyhow::Result<()> {
+async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::Result<()> {
+    let (addr, dist) = (&listen.addr, listen.dist.as_path());
     let gateway = Arc::new(gateway);
+    let management = match listen.management_addr {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--management-addr)"))?,
+        None => match tokio::net::TcpListener::bind(MANAGEMENT_ADDR).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "{MANAGEMENT_ADDR} is taken; the management API gets a free port");
+                tokio::net::TcpListener::bind("127.0.0.1:0").await?
+            }
+        },
+    };
+    let management_addr = management.local_addr()?;
+    if !management_addr.ip().is_loopback() {
+        tracing::warn!(%management_addr, "the management API is reachable from other machines: anyone who reaches it can push to every socket");
+    }
     if !dist.join("index.html").is_file() {
         tracing::warn!(dist = %dist.display(), "no built front end here; run `trunk build --release`");
     }
@@ -270,24 +303,19 @@ async fn serve<I: Integration>(
     let app = Router::new()
         .route("/ws", get(Gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/@connections/{id}",
-            get(management::get_connection)
-                .post(management::post_to_connection)
-                .delete(management::delete_connection),
-        )
-        .route(
-            "/{stage}/@connections/{id}",
-            get(management::get_staged_connection)
-                .post(management::post_to_staged_connection)
-                .delete(management::delete_staged_connection),
-        )
         .fallback_service(web_app)
         .with_state(Arc::clone(&gateway));
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let stopping = CancellationToken::new();
+    tokio::spawn(
+        axum::serve(management, management::router(Arc::clone(&gateway)))
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!("management API on http://{management_addr}");
     tracing::info!("chat-local ready on http://{}", listener.local_addr()?);
     tokio::spawn(Arc::clone(&gateway).keep_alive());
 
@@ -297,7 +325,6 @@ async fn serve<I: Integration>(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let connections = TaskTracker::new();
-    let stopping = CancellationToken::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -3,19 +3,21 @@
 //! `/{stage}/`, where the AWS SDK puts it), so the SDK's management client,
 //! `curl` or another service can push to chat-local's sockets as on AWS.
 //!
-//! Like every other route it answers only on chat-local's own address, and
-//! it refuses peers that are not on this machine: API Gateway requires signed
-//! IAM requests for this API, and chat-local has no IAM to check.
+//! It is served on a listener of its own (`--management-addr`, loopback by
+//! default), never on the public one: API Gateway requires signed IAM
+//! requests for this API, and chat-local has no IAM to check, so who can
+//! reach that address is who may push. (Judging by the peer address on the
+//! public listener would trust everything behind a local reverse proxy.)
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::json;
 use shared::limits::SERVER_FRAME_MAX_BYTES;
 
@@ -23,18 +25,30 @@ use super::gateway::{Gateway, Integration};
 use crate::pusher::local::close_code;
 use crate::pusher::{Frame, PushError};
 
-type Target = (Path<String>, ConnectInfo<SocketAddr>);
+/// The Management API's routes, at the root and under any stage prefix.
+pub fn router<I: Integration>(gateway: Arc<Gateway<I>>) -> Router {
+    Router::new()
+        .route(
+            "/@connections/{id}",
+            get(get_connection)
+                .post(post_to_connection)
+                .delete(delete_connection),
+        )
+        .route(
+            "/{stage}/@connections/{id}",
+            get(get_staged_connection)
+                .post(post_to_staged_connection)
+                .delete(delete_staged_connection),
+        )
+        .with_state(gateway)
+}
 
 /// `POST /@connections/{id}`: the body becomes one text frame.
-pub async fn post_to_connection<I: Integration>(
+async fn post_to_connection<I: Integration>(
     State(gateway): State<Arc<Gateway<I>>>,
     Path(connection_id): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = refuse_remote(peer) {
-        return refusal;
-    }
     if body.len() > SERVER_FRAME_MAX_BYTES {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -65,13 +79,10 @@ pub async fn post_to_connection<I: Integration>(
 
 /// `GET /@connections/{id}`: when it connected, from where, and when it was
 /// last heard from.
-pub async fn get_connection<I: Integration>(
+async fn get_connection<I: Integration>(
     State(gateway): State<Arc<Gateway<I>>>,
-    (Path(connection_id), ConnectInfo(peer)): Target,
+    Path(connection_id): Path<String>,
 ) -> Response {
-    if let Some(refusal) = refuse_remote(peer) {
-        return refusal;
-    }
     let Some(socket) = gateway.sockets().socket(&connection_id) else {
         return gone();
     };
@@ -85,13 +96,10 @@ pub async fn get_connection<I: Integration>(
 }
 
 /// `DELETE /@connections/{id}`: closes the socket; its `$disconnect` follows.
-pub async fn delete_connection<I: Integration>(
+async fn delete_connection<I: Integration>(
     State(gateway): State<Arc<Gateway<I>>>,
-    (Path(connection_id), ConnectInfo(peer)): Target,
+    Path(connection_id): Path<String>,
 ) -> Response {
-    if let Some(refusal) = refuse_remote(peer) {
-        return refusal;
-    }
     if gateway.sockets().close(
         &connection_id,
         close_code::NORMAL,
@@ -105,39 +113,26 @@ pub async fn delete_connection<I: Integration>(
 
 /// The same routes under a stage prefix, as the AWS SDK calls them when its
 /// endpoint is `http://host/{stage}`.
-pub async fn post_to_staged_connection<I: Integration>(
+async fn post_to_staged_connection<I: Integration>(
     state: State<Arc<Gateway<I>>>,
     Path((_stage, connection_id)): Path<(String, String)>,
-    peer: ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    post_to_connection(state, Path(connection_id), peer, body).await
+    post_to_connection(state, Path(connection_id), body).await
 }
 
-pub async fn get_staged_connection<I: Integration>(
+async fn get_staged_connection<I: Integration>(
     state: State<Arc<Gateway<I>>>,
     Path((_stage, connection_id)): Path<(String, String)>,
-    peer: ConnectInfo<SocketAddr>,
 ) -> Response {
-    get_connection(state, (Path(connection_id), peer)).await
+    get_connection(state, Path(connection_id)).await
 }
 
-pub async fn delete_staged_connection<I: Integration>(
+async fn delete_staged_connection<I: Integration>(
     state: State<Arc<Gateway<I>>>,
     Path((_stage, connection_id)): Path<(String, String)>,
-    peer: ConnectInfo<SocketAddr>,
 ) -> Response {
-    delete_connection(state, (Path(connection_id), peer)).await
-}
-
-fn refuse_remote(peer: SocketAddr) -> Option<Response> {
-    (!peer.ip().is_loopback()).then(|| {
-        error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            "the management API answers only on this machine",
-        )
-    })
+    delete_connection(state, Path(connection_id)).await
 }
 
 fn gone() -> Response {

@@ -116,6 +116,8 @@ impl StoppableDynamo {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The Management API's own listener.
+    pub management: SocketAddr,
 }
 
 pub struct Options<'a> {
@@ -169,28 +171,44 @@ impl Server {
         let (ready, address) = mpsc::channel();
         std::thread::spawn(move || {
             let mut ready = Some(ready);
+            let mut management = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[chat-local] {line}");
-                if let Some(at) = line.find("ready on http://") {
-                    let addr = line[at + "ready on http://".len()..].trim().to_owned();
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(addr);
-                    }
+                let after = |marker: &str| {
+                    line.find(marker)
+                        .map(|at| line[at + marker.len()..].trim().to_owned())
+                };
+                if let Some(addr) = after("management API on http://") {
+                    management = Some(addr);
+                }
+                if let Some(addr) = after("ready on http://")
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send((addr, management.clone()));
                 }
             }
         });
-        let addr = address
+        let (addr, management) = address
             .recv_timeout(Duration::from_secs(60))
             .expect("chat-local reports its address");
         Self {
             child,
             addr: addr.parse().unwrap(),
+            management: management
+                .expect("chat-local reports the management API's address")
+                .parse()
+                .unwrap(),
         }
     }
 
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the Management API's listener.
+    pub fn management_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.management)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
