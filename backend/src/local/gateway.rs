@@ -60,6 +60,9 @@ impl<S: Store, P: crate::pusher::Pusher> Integration for Chat<S, P> {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub stage: String,
+    /// The API's domain in every event's `requestContext.domainName`, as
+    /// API Gateway names its own (never the client's `Host` header).
+    pub domain_name: String,
     /// Route keys besides `$connect`, `$disconnect` and `$default`.
     pub routes: Vec<String>,
     /// How often quiet sockets are pinged (and idle or expired ones closed);
@@ -87,6 +90,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             stage: "local".into(),
+            domain_name: "localhost".into(),
             routes: ["join", "sendmessage", "leave"].map(String::from).to_vec(),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
@@ -644,9 +648,7 @@ impl<I: Integration> Gateway<I> {
         ending: Ending,
     ) -> impl Future<Output = ()> + Send + '_ {
         let call = (!self.shutting_down.load(Ordering::SeqCst)).then(|| {
-            let mut event = self.event(connection_id, info, "$disconnect", "DISCONNECT");
-            event.request_context.disconnect_status_code = Some(i64::from(ending.status_code));
-            event.request_context.disconnect_reason = Some(ending.reason);
+            let event = self.disconnect_event(connection_id, info, ending);
             self.call(event)
         });
         async move {
@@ -664,10 +666,8 @@ impl<I: Integration> Gateway<I> {
         query: Vec<(String, String)>,
     ) -> ApiGatewayWebsocketProxyRequest {
         let mut event = self.event(connection_id, info, "$connect", "CONNECT");
-        if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
-            event.request_context.domain_name = Some(host.to_owned());
-        }
         event.headers = headers.clone();
+        event.multi_value_headers = headers.clone();
         let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
         for (key, value) in query {
             parameters.entry(key).or_default().push(value);
@@ -675,6 +675,29 @@ impl<I: Integration> Gateway<I> {
         let parameters = QueryMap::from(parameters);
         event.query_string_parameters = parameters.clone();
         event.multi_value_query_string_parameters = parameters;
+        event
+    }
+
+    /// API Gateway's `$disconnect` carries a few headers of its own, most of
+    /// them empty.
+    fn disconnect_event(
+        &self,
+        connection_id: &str,
+        info: &ConnectionInfo,
+        ending: Ending,
+    ) -> ApiGatewayWebsocketProxyRequest {
+        let mut event = self.event(connection_id, info, "$disconnect", "DISCONNECT");
+        event.request_context.disconnect_status_code = Some(i64::from(ending.status_code));
+        event.request_context.disconnect_reason = Some(ending.reason);
+        let mut headers = HeaderMap::new();
+        if let Ok(host) = self.config.domain_name.parse() {
+            headers.insert(header::HOST, host);
+        }
+        for name in ["x-api-key", "x-forwarded-for", "x-restapi"] {
+            headers.insert(name, axum::http::HeaderValue::from_static(""));
+        }
+        event.multi_value_headers = headers.clone();
+        event.headers = headers;
         event
     }
 
@@ -726,15 +749,46 @@ impl<I: Integration> Gateway<I> {
         context.connection_id = Some(connection_id.to_owned());
         context.stage = Some(self.config.stage.clone());
         context.apiid = Some("local".to_owned());
-        context.domain_name = Some("localhost".to_owned());
-        context.request_id = Some(random_id(16));
+        context.domain_name = Some(self.config.domain_name.clone());
+        let request_id = random_id(16);
+        context.extended_request_id = Some(request_id.clone());
+        context.request_id = Some(request_id);
         context.connected_at = info.connected_at_ms as i64;
-        context.request_time_epoch = now_ms() as i64;
+        let now = now_ms();
+        context.request_time_epoch = now as i64;
+        context.request_time = Some(request_time(now));
         context.message_direction = Some("IN".to_owned());
         context.identity.source_ip = Some(info.source_ip.clone());
         context.identity.user_agent = Some(info.user_agent.clone());
         event
     }
+}
+
+/// API Gateway's `requestTime`: `25/Nov/2026:12:00:00 +0000`.
+fn request_time(ms: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let seconds = ms / 1000;
+    let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
 }
 
 /// How long a closing socket may take to accept its last frames and close.
@@ -906,4 +960,119 @@ fn body_text(body: Option<Body>) -> String {
 /// A connection id shaped like API Gateway's: 16 URL-safe characters.
 fn new_connection_id() -> String {
     random_id(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Integration for Nothing {
+        async fn invoke(&self, _: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+            ApiGatewayProxyResponse::default()
+        }
+    }
+
+    fn gateway() -> Gateway<Nothing> {
+        Gateway::new(Nothing, LocalPusher::default(), GatewayConfig::default())
+    }
+
+    /// Every key the recorded event has, with the JSON type of its value,
+    /// recursively; values themselves differ (ids, times, addresses).
+    fn shape(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        use serde_json::Value;
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        out.push(format!("{path}: {kind}"));
+        match value {
+            // Header names vary; their values' shapes do not.
+            Value::Object(map) if path.ends_with("eaders") => {
+                for value in map.values() {
+                    shape(value, &format!("{path}.*"), out);
+                }
+            }
+            Value::Object(map) => {
+                for (key, value) in map {
+                    shape(value, &format!("{path}.{key}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items.iter().take(1) {
+                    shape(item, &format!("{path}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn shape_of(value: &serde_json::Value) -> Vec<String> {
+        let mut out = Vec::new();
+        shape(value, "", &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn recorded(file: &str) -> serde_json::Value {
+        let path = format!("{}/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn request_times_are_written_as_api_gateway_writes_them() {
+        assert_eq!(
+            request_time(1_795_608_000_012),
+            "25/Nov/2026:12:00:00 +0000"
+        );
+        assert_eq!(request_time(0), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(request_time(951_825_599_000), "29/Feb/2000:11:59:59 +0000");
+    }
+
+    #[test]
+    fn events_have_the_shape_api_gateway_sends() {
+        let gateway = gateway();
+        let info = ConnectionInfo::new(1_795_694_400_000, "203.0.113.7".into(), "test".into());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "evil.example".parse().unwrap());
+        headers.insert(header::USER_AGENT, "test".parse().unwrap());
+        let query = vec![
+            ("room".to_owned(), "chat:1".to_owned()),
+            ("name".to_owned(), "Ada".to_owned()),
+        ];
+        let connect = gateway.connect_event("c1", &info, &headers, query);
+        let connect = super::super::lambda::payload(&connect).unwrap();
+        assert_eq!(shape_of(&connect), shape_of(&recorded("connect.json")));
+        assert_eq!(connect["queryStringParameters"]["room"], "chat:1");
+        assert_eq!(
+            connect["requestContext"]["domainName"], gateway.config.domain_name,
+            "not the client's Host header"
+        );
+
+        let message = gateway.message_event(
+            "c1",
+            &info,
+            r#"{"action":"sendmessage","data":"hi"}"#.into(),
+            false,
+        );
+        let message = super::super::lambda::payload(&message).unwrap();
+        assert_eq!(shape_of(&message), shape_of(&recorded("sendmessage.json")));
+
+        let ending = Ending {
+            status_code: 1001,
+            reason: "Going away".into(),
+        };
+        let disconnect = gateway.disconnect_event("c1", &info, ending);
+        let disconnect = super::super::lambda::payload(&disconnect).unwrap();
+        assert_eq!(
+            shape_of(&disconnect),
+            shape_of(&recorded("disconnect.json"))
+        );
+    }
 }

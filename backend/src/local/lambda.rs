@@ -143,7 +143,9 @@ impl LambdaInvoker {
         );
         let request = axum::http::Request::post(&uri)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(event)?)))?;
+            .body(Full::new(Bytes::from(serde_json::to_vec(&payload(
+                event,
+            )?)?)))?;
         let response = self
             .client
             .request(request)
@@ -194,6 +196,32 @@ fn failure(status_code: i64) -> ApiGatewayProxyResponse {
     let mut response = ApiGatewayProxyResponse::default();
     response.status_code = status_code;
     response
+}
+
+/// The event as API Gateway puts it on the wire, which is not quite how
+/// `aws_lambda_events` serializes it: `queryStringParameters` holds single
+/// strings (the last value of a repeated key), and what API Gateway leaves
+/// out is left out rather than sent as `null` or empty.
+pub fn payload(event: &ApiGatewayWebsocketProxyRequest) -> serde_json::Result<serde_json::Value> {
+    use serde_json::Value;
+    let mut value = serde_json::to_value(event)?;
+    if let Some(Value::Object(query)) = value.get_mut("queryStringParameters") {
+        for values in query.values_mut() {
+            if let Value::Array(all) = values {
+                *values = all.pop().unwrap_or(Value::String(String::new()));
+            }
+        }
+    }
+    fn prune(value: &mut Value) {
+        if let Value::Object(map) = value {
+            map.retain(|_, v| {
+                prune(v);
+                !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty()))
+            });
+        }
+    }
+    prune(&mut value);
+    Ok(value)
 }
 
 #[cfg(test)]
