@@ -40,7 +40,13 @@ impl Intercept for Requests {
             .headers()
             .get("x-amz-target")
             .unwrap_or("unknown");
-        let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+        let mut operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+        // Strongly consistent reads cost twice as much, and correctness
+        // depends on some of them: they are counted apart.
+        let body = context.request().body().bytes().unwrap_or_default();
+        if String::from_utf8_lossy(body).contains("\"ConsistentRead\":true") {
+            operation.push_str(" (consistent)");
+        }
         *self.0.lock().unwrap().entry(operation).or_default() += 1;
         Ok(())
     }
@@ -177,9 +183,15 @@ async fn the_aws_path_costs_what_it_did() {
     );
     let expected = [
         ("$connect", counts(&[("PutItem", 1)]), 0),
-        // The membership, the member list, the history; `joined` to the
-        // joiner and a presence frame to each of the 5 others.
-        ("join", counts(&[("UpdateItem", 1), ("Query", 2)]), 1 + 5),
+        // The membership, the member list (the index: eventually
+        // consistent), the history (consistent: a message saved before it
+        // must be in it); `joined` to the joiner and a presence frame to
+        // each of the 5 others.
+        (
+            "join",
+            counts(&[("UpdateItem", 1), ("Query", 1), ("Query (consistent)", 1)]),
+            1 + 5,
+        ),
         // The sender's record, read and counted against the rate limit in
         // one update; the message; the member list. One frame each.
         (

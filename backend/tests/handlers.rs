@@ -70,17 +70,25 @@ impl Harness {
         }
     }
 
-    /// `$connect` from the recorded event, with its query string replaced.
+    /// `$connect` from the recorded event, with its query string replaced,
+    /// for a connection that opened a minute ago.
     async fn connect(&self, id: &str, query: &[(&str, &str)]) -> (i64, Inbox) {
         let frames = register(self.chat.pusher(), id);
+        let status = self
+            .run_connect(id, query, backend::chat::now_ms() - 60_000)
+            .await;
+        (status, frames)
+    }
+
+    async fn run_connect(&self, id: &str, query: &[(&str, &str)], connected_at: u64) -> i64 {
         let mut event = recorded("connect.json", id);
+        event.request_context.connected_at = connected_at as i64;
         let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
         for (key, value) in query {
             parameters.insert((*key).into(), vec![(*value).into()]);
         }
         event.query_string_parameters = QueryMap::from(parameters);
-        let status = self.chat.handle(event).await.status_code;
-        (status, frames)
+        self.chat.handle(event).await.status_code
     }
 
     async fn send(&self, id: &str, route: &str, body: Value) -> i64 {
@@ -286,6 +294,49 @@ async fn gone_connections_are_forgotten_and_announced() {
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn a_push_during_connect_does_not_cost_the_connection_its_record() {
+    let harness = Harness::new().await;
+    let (_, mut bo) = harness
+        .connect("bo", &[("room", "r"), ("name", "Bo")])
+        .await;
+    // Ada joins through the query string; until her `$connect` returns, API
+    // Gateway answers pushes to her with 410 Gone (as chat-local does).
+    let ada_socket = harness.chat.pusher().register_connecting(
+        "ada",
+        ConnectionInfo::new(1, "203.0.113.8".into(), "test".into()),
+    );
+    let mut ada = Inbox {
+        socket: ada_socket.clone(),
+        frames: VecDeque::new(),
+    };
+    let now = backend::chat::now_ms();
+    assert_eq!(
+        harness
+            .run_connect("ada", &[("room", "r"), ("name", "Ada")], now)
+            .await,
+        200
+    );
+    assert_eq!(next(&mut bo)["event"], "join");
+    // Bo speaks while Ada's `$connect` is, as far as the gateway knows,
+    // still running: her push fails as gone, and she must not be forgotten.
+    let say = json!({"action": "sendmessage", "data": "welcome"});
+    assert_eq!(harness.send("bo", "sendmessage", say).await, 200);
+    assert_eq!(next(&mut bo)["data"], "welcome");
+    nothing(&mut bo);
+    let record = harness.chat.store().connection("ada").await.unwrap();
+    assert_eq!(record.and_then(|r| r.room).as_deref(), Some("r"));
+
+    // Once open she gets what is sent, and can send herself.
+    ada_socket.opened();
+    let say = json!({"action": "sendmessage", "data": "again"});
+    assert_eq!(harness.send("bo", "sendmessage", say).await, 200);
+    assert_eq!(next(&mut ada)["data"], "again");
+    let say = json!({"action": "sendmessage", "data": "hi Bo"});
+    assert_eq!(harness.send("ada", "sendmessage", say).await, 200);
+    assert_eq!(next(&mut ada)["data"], "hi Bo");
 }
 
 #[tokio::test]

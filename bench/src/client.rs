@@ -38,7 +38,7 @@ pub struct Client {
     pub index: usize,
     clients_per_room: usize,
     room: String,
-    socket: Socket,
+    pub socket: Socket,
 }
 
 #[derive(Debug, Default)]
@@ -77,15 +77,15 @@ impl ChatOutcome {
 }
 
 #[derive(Deserialize)]
-struct Frame<'a> {
+pub struct Frame<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
     #[serde(borrow)]
-    room: Option<Cow<'a, str>>,
+    pub room: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    data: Option<Cow<'a, str>>,
+    pub data: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
+    pub code: Option<Cow<'a, str>>,
 }
 
 impl Client {
@@ -274,7 +274,7 @@ impl Client {
 }
 
 /// `b:{sender}:{sequence}:{sent_at_ns}[:padding]`.
-fn parse_body(body: &str) -> Option<(usize, usize, u64)> {
+pub fn parse_body(body: &str) -> Option<(usize, usize, u64)> {
     let mut parts = body.strip_prefix("b:")?.split(':');
     Some((
         parts.next()?.parse().ok()?,

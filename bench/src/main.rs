@@ -8,12 +8,15 @@
 //!   errors, latency percentiles and deliveries per second.
 //! - `idle`: N joined clients that stay quiet (memory per connection).
 //! - `storm`: N clients join, C at a time, then all vanish at once.
+//! - `soak`: a steady chat counted exactly, with clients joining, leaving
+//!   and vanishing around it; memory must come back once everyone left.
 //!
 //! With `--server-pid` (a server on this machine) it also reads the server's
 //! CPU time and resident memory from `/proc` around each phase.
 
 mod client;
 mod server;
+mod soak;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -94,6 +97,24 @@ enum Mode {
         #[arg(long, default_value_t = 100)]
         clients: usize,
     },
+    /// A steady chat (counted exactly) with clients joining, leaving and
+    /// vanishing around it; with `--server-pid`, memory must return to its
+    /// baseline (± 10 %) once everyone has left.
+    Soak {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Clients per room that stay the whole time.
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Messages per second per staying client.
+        #[arg(long, default_value_t = 0.5)]
+        rate: f64,
+        /// Clients coming and going at any moment.
+        #[arg(long, default_value_t = 50)]
+        churners: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +171,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .await?;
             tokio::time::sleep(Duration::from_secs(hold)).await;
             (summary, report, true)
+        }
+        Mode::Soak {
+            rooms,
+            clients,
+            seconds,
+            rate,
+            churners,
+        } => {
+            let plan = soak::SoakPlan {
+                rooms,
+                clients,
+                seconds,
+                rate,
+                churners,
+            };
+            soak::soak(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
         }
         Mode::Storm { rooms, clients } => {
             let (summary, report) = storm(
@@ -395,7 +432,7 @@ async fn join_and_listen(
 }
 
 /// Connects and joins `rooms × clients` clients, `concurrency` at a time.
-async fn join_all(
+pub(crate) async fn join_all(
     url: &str,
     run_id: &str,
     rooms: usize,

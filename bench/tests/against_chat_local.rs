@@ -170,3 +170,30 @@ fn a_join_and_disconnect_storm_leaves_the_server_quiet() {
     let (ok, report) = server.bench(&["chat", "--rooms", "2", "--clients", "3", "--messages", "5"]);
     assert_exact(ok, &report, 2 * 3 * 5 * 3);
 }
+
+#[test]
+fn a_soak_with_churn_loses_nothing_and_gives_its_memory_back() {
+    let server = ChatLocal::start("memory");
+    let (ok, report) = server.bench(&[
+        "soak",
+        "--rooms",
+        "5",
+        "--clients",
+        "4",
+        "--seconds",
+        "4",
+        "--rate",
+        "5",
+        "--churners",
+        "6",
+    ]);
+    assert!(ok, "{report}");
+    assert_eq!(report["delivered"], report["expected"], "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["cross_room"], 0, "{report}");
+    let churn = &report["churn"];
+    assert!(churn["visits"].as_u64().unwrap() > 6, "{report}");
+    assert_eq!(churn["cross_room"], 0, "{report}");
+    assert_eq!(churn["duplicates"], 0, "{report}");
+    assert!(report["server"]["rss_ratio"].as_f64().is_some(), "{report}");
+}

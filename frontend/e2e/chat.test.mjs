@@ -257,3 +257,44 @@ test('under API Gateway\'s rules idle tabs stay connected and forced reconnects 
     for (const dir of [site, data]) rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('messages that reach a joiner before its joined frame are kept, once each', async () => {
+  // Someone has already said something in the room.
+  const ann = await openAs('Ann', 'early-room');
+  await messageField(ann).fill('in the history');
+  await messageField(ann).press('Enter');
+  await log(ann).getByText('in the history', { exact: true }).waitFor(WAIT);
+
+  // The server may fan a message out to a joiner before its `joined`: play
+  // that, with one new message (sent twice) and one the history holds too.
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.type === 'joined') {
+        const early = {
+          type: 'message', id: `${Date.now() + 1000}-00000000000000ff`, room: frame.room,
+          name: 'Zed', data: 'sent while joining', ts: Date.now(),
+        };
+        ws.send(JSON.stringify(early));
+        ws.send(JSON.stringify(early));
+        ws.send(JSON.stringify(frame.history[0]));
+      }
+      ws.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Ida');
+  await page.getByLabel('Room').fill('early-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await log(page).getByText('sent while joining', { exact: true }).waitFor(WAIT);
+  assert.equal(await log(page).getByText('sent while joining', { exact: true }).count(), 1);
+  assert.equal(await log(page).getByText('in the history', { exact: true }).count(), 1);
+  // History first, then what came early.
+  const texts = await log(page).locator('.message .text').allTextContents();
+  assert.deepEqual(texts, ['in the history', 'sent while joining']);
+  await context.close();
+  await ann.context().close();
+});

@@ -60,6 +60,8 @@ pub struct ChatState {
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
     pending: StoredValue<Vec<Pending>>,
+    /// Messages for the room being joined that came before its `joined`.
+    early: StoredValue<Vec<ChatMessage>>,
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -95,6 +97,7 @@ impl ChatState {
             seen: StoredValue::new(HashSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new(Vec::new()),
+            early: StoredValue::new(Vec::new()),
         }
     }
 
@@ -124,10 +127,23 @@ impl ChatState {
                 for HistoryEntry::Message(message) in history {
                     self.add_message(message);
                 }
+                for message in self
+                    .early
+                    .try_update_value(std::mem::take)
+                    .unwrap_or_default()
+                {
+                    if self.is_current_room(&message.room) {
+                        self.add_message(message);
+                    }
+                }
             }
             ServerFrame::Message(message) => {
                 if self.is_current_room(&message.room) {
                     self.add_message(message);
+                } else if self.is_joining(&message.room) {
+                    // The server may fan a message out to a joiner before
+                    // its `joined`; it is merged in by id once that comes.
+                    self.early.update_value(|early| early.push(message));
                 }
             }
             ServerFrame::Presence {
@@ -242,6 +258,7 @@ impl ChatState {
         self.log.set(Vec::new());
         self.seen.update_value(HashSet::clear);
         self.pending.update_value(Vec::clear);
+        self.early.update_value(Vec::clear);
     }
 
     pub fn add_notice(&self, text: String) {
@@ -252,6 +269,12 @@ impl ChatState {
             text,
             ts: crate::browser::now_ms(),
         });
+    }
+
+    /// Whether `room` is the one a `join` has been sent for.
+    fn is_joining(&self, room: &str) -> bool {
+        self.target
+            .with_untracked(|target| target.as_ref().is_some_and(|(r, _)| r.as_str() == room))
     }
 
     fn is_current_room(&self, room: &str) -> bool {

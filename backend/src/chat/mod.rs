@@ -26,6 +26,12 @@ use crate::store::{Admission, Member, Members, RateLimit, Store, StoreError};
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
 
+/// API Gateway answers 410 Gone for a connection until its `$connect` has
+/// returned, which takes at most the integration timeout (29 s). A
+/// connection younger than this that a push finds gone may be one still
+/// connecting: it is left for its `$disconnect`, which always follows.
+const CONNECT_WINDOW_MS: u64 = 30_000;
+
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     /// Deliveries in flight at once during one fan-out.
@@ -368,7 +374,12 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // because each connection can be removed only once.
         while let Some(connection_id) = gone.pop() {
             let told = async {
-                let Some(previous) = self.store.remove_connection(&connection_id).await? else {
+                let connected_before = now_ms().saturating_sub(CONNECT_WINDOW_MS);
+                let Some(previous) = self
+                    .store
+                    .forget_gone(&connection_id, connected_before)
+                    .await?
+                else {
                     return Ok(Vec::new());
                 };
                 tracing::info!(connection_id, "forgot a gone connection");

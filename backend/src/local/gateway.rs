@@ -303,10 +303,10 @@ impl<I: Integration> Gateway<I> {
         // Boxed: the task below keeps what it captures for the socket's whole
         // life, and the event is large.
         let event = Box::new(gateway.connect_event(&connection_id, &info, headers, query));
-        // Registered before `$connect` runs: once the handler records the
-        // connection, others may push to it, and those frames must wait in its
-        // queue rather than find it gone.
-        let socket = gateway.sockets.register(&connection_id, info);
+        // Registered before `$connect` runs, but pushes find it gone until
+        // `$connect` has accepted it, exactly as on API Gateway: the
+        // handlers must cope with that there, so they are made to here.
+        let socket = gateway.sockets.register_connecting(&connection_id, info);
         if gateway.shutting_down.load(Ordering::SeqCst) {
             gateway
                 .sockets
@@ -376,6 +376,7 @@ impl<I: Integration> Gateway<I> {
                 return;
             }
         }
+        socket.opened();
         let stream = if answer.send(Ok(())).is_err() {
             tracing::info!(connection_id, "the client left during $connect");
             None

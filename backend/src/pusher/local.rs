@@ -89,6 +89,9 @@ pub struct LocalSocket {
     /// it without holding a future of its own (smaller idle sockets).
     changed: AtomicBool,
     task: AtomicWaker,
+    /// False until `$connect` has accepted the connection: as on API
+    /// Gateway, pushes before that find it gone.
+    open: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +112,13 @@ impl LocalSocket {
             outbox: Mutex::default(),
             changed: AtomicBool::new(false),
             task: AtomicWaker::new(),
+            open: AtomicBool::new(true),
         }
+    }
+
+    /// `$connect` accepted it: pushes reach it from now on.
+    pub fn opened(&self) {
+        self.open.store(true, Ordering::Release);
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
@@ -197,6 +206,22 @@ impl LocalPusher {
         socket
     }
 
+    /// Registers a socket whose `$connect` is about to run: until
+    /// [`LocalSocket::opened`], pushes to it fail as gone, as API Gateway's
+    /// do, but it can already be closed.
+    pub fn register_connecting(
+        &self,
+        connection_id: &str,
+        info: ConnectionInfo,
+    ) -> Arc<LocalSocket> {
+        let socket = LocalSocket::new(info);
+        socket.open.store(false, Ordering::Release);
+        let socket = Arc::new(socket);
+        self.sockets
+            .insert(connection_id.to_owned(), Arc::clone(&socket));
+        socket
+    }
+
     pub fn socket(&self, connection_id: &str) -> Option<Arc<LocalSocket>> {
         self.sockets.get(connection_id).map(|s| Arc::clone(&s))
     }
@@ -242,6 +267,9 @@ impl LocalPusher {
             let Some(socket) = self.sockets.get(connection_id) else {
                 return Err(PushError::Gone);
             };
+            if !socket.open.load(Ordering::Acquire) {
+                return Err(PushError::Gone);
+            }
             match socket.enqueue(Outgoing::Text(frame)) {
                 Ok(()) => return Ok(()),
                 Err(refused) => refused,

@@ -527,6 +527,37 @@ impl Store for DynamoStore {
             .transpose()
     }
 
+    async fn forget_gone(
+        &self,
+        connection_id: &str,
+        connected_before: u64,
+    ) -> Result<Option<Connection>, StoreError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .condition_expression("connectedAt < :before")
+            .expression_attribute_values(":before", n(connected_before))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match deleted {
+            Ok(output) => output
+                .attributes
+                .map(|item| self.connection_from_item(&item))
+                .transpose(),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(backend("DeleteItem")(error)),
+        }
+    }
+
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         let table = &self.config.connections_table;
         let mut members = Vec::new();
@@ -593,6 +624,9 @@ impl Store for DynamoStore {
                 .expression_attribute_names("#room", "room")
                 .expression_attribute_values(":room", s(room))
                 .scan_index_forward(false)
+                // A joiner reads history after recording its membership;
+                // a message saved before this read must be in it.
+                .consistent_read(true)
                 .limit(page_limit)
                 .set_exclusive_start_key(start_key)
                 .send()

@@ -244,6 +244,22 @@ impl Store for LocalStore {
         }))
     }
 
+    async fn forget_gone(
+        &self,
+        connection_id: &str,
+        connected_before: u64,
+    ) -> Result<Option<Connection>, StoreError> {
+        let settled = self
+            .membership()
+            .connections
+            .get(connection_id)
+            .is_some_and(|record| record.connected_at < connected_before);
+        if !settled {
+            return Ok(None);
+        }
+        self.remove_connection(connection_id).await
+    }
+
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         Ok(self
             .membership()

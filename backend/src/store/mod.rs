@@ -189,6 +189,16 @@ pub trait Store: Send + Sync + 'static {
         connection_id: &str,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
+    /// Forgets a connection a push found gone, unless it connected at or
+    /// after `connected_before` (ms): API Gateway answers 410 Gone for a
+    /// connection whose `$connect` is still running, and that one is not
+    /// gone. `None` when nothing was forgotten.
+    fn forget_gone(
+        &self,
+        connection_id: &str,
+        connected_before: u64,
+    ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+
     /// Every member of `room`, across as many pages as it takes.
     fn room_members(&self, room: &str) -> impl Future<Output = Result<Members, StoreError>> + Send;
 
