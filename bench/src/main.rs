@@ -75,6 +75,10 @@ enum Mode {
         /// Pad each message to this many bytes.
         #[arg(long, default_value_t = 0)]
         size: usize,
+        /// Extra clients, spread over the rooms, that join and then never
+        /// read: the others' latency shows whether they hold delivery up.
+        #[arg(long, default_value_t = 0)]
+        stalled_readers: usize,
     },
     /// Joined clients that stay quiet: memory per idle connection.
     Idle {
@@ -143,6 +147,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             messages,
             rate,
             size,
+            stalled_readers,
         } => {
             let plan = ChatPlan {
                 rooms,
@@ -152,7 +157,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 size,
                 timeout,
             };
-            chat(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
+            chat(
+                &args.url,
+                &run_id,
+                plan,
+                (args.concurrency, stalled_readers),
+                server.as_ref(),
+            )
+            .await?
         }
         Mode::Idle {
             rooms,
@@ -213,7 +225,7 @@ async fn chat(
     url: &str,
     run_id: &str,
     plan: ChatPlan,
-    concurrency: usize,
+    (concurrency, stalled_readers): (usize, usize),
     server: Option<&Server>,
 ) -> anyhow::Result<(String, serde_json::Value, bool)> {
     let total = plan.rooms * plan.clients;
@@ -230,6 +242,14 @@ async fn chat(
         plan.timeout,
     )
     .await?;
+
+    // Readers that never read: joined, then left alone until the end.
+    let mut stalled = Vec::with_capacity(stalled_readers);
+    for i in 0..stalled_readers {
+        let room = format!("bench-{run_id}-{}", i % plan.rooms.max(1));
+        let index = plan.rooms * plan.clients + i;
+        stalled.push(Client::join(url, room, index, plan.clients, plan.timeout).await?);
+    }
 
     let expected = (plan.rooms * plan.clients * plan.messages * plan.clients) as u64;
     let delivered = Arc::new(AtomicU64::new(0));
@@ -266,6 +286,25 @@ async fn chat(
     ticker.abort();
     progress.finish_and_clear();
     drop(finished);
+    // Did the server let the stalled readers go? Read what they were sent:
+    // a close (or the end of the stream) after it means it did.
+    let mut stalled_dropped = 0;
+    for mut client in stalled {
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match client.socket.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None => {
+                        return true;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => return true,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        stalled_dropped += usize::from(ended);
+    }
 
     let latency = outcome.latency_percentiles();
     let rate = outcome.delivered as f64 / elapsed.as_secs_f64();
@@ -307,6 +346,13 @@ async fn chat(
         "deliveries_per_s": rate,
         "latency_ms": {"p50": latency[0], "p90": latency[1], "p99": latency[2], "max": latency[3]},
     });
+    if stalled_readers > 0 {
+        summary += &format!(
+            "\n{stalled_readers} stalled readers in the rooms; the server dropped {stalled_dropped} of them"
+        );
+        report["stalled_readers"] = json!(stalled_readers);
+        report["stalled_dropped"] = json!(stalled_dropped);
+    }
     if let (Some(before), Some(after)) = (before, after) {
         let cpu_s = after.cpu_s - before.cpu_s;
         let per_delivery = cpu_s * 1e6 / outcome.delivered.max(1) as f64;
