@@ -43,7 +43,7 @@ TOKIO_WORKER_THREADS for chat-local (Node is single-threaded either way).
 chat-local logs at its usual level; set RUST_LOG to change it.
 
 Needs only python3 (stdlib), node and npm, and the release binaries:
-  cargo build --release -p backend --bin chat-local -p chat-bench
+  cargo build --release -p backend -p chat-bench --bin chat-local --bin chat-bench
 Exit status: 0 when every run is clean, 1 when a run lost, duplicated or
 misrouted a message, reported errors, or chat-bench or a server failed, 2 when
 something needed is missing, 130 when interrupted.
@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / "node"
 CHAT_LOCAL = ROOT / "target" / "release" / "chat-local"
 CHAT_BENCH = ROOT / "target" / "release" / "chat-bench"
-BUILD_COMMAND = "cargo build --release -p backend --bin chat-local -p chat-bench"
+BUILD_COMMAND = "cargo build --release -p backend -p chat-bench --bin chat-local --bin chat-bench"
 
 READY_TIMEOUT_S = 120
 STOP_GRACE_S = 5

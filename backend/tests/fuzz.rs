@@ -146,21 +146,36 @@ fn runner() -> TestRunner {
     })
 }
 
-#[test]
-fn the_parser_takes_anything() {
+/// Runs `test` on every case `strategy` generates, and says how many there
+/// were (the count BENCHMARKS.md records comes from this line).
+fn check<S: Strategy>(
+    name: &str,
+    strategy: &S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
+    let cases = std::sync::atomic::AtomicU64::new(0);
     runner()
-        .run(&client_text(), |text| {
-            match ClientFrame::parse(&text) {
-                Ok(frame) => {
-                    // A frame it accepts is one it can write back the same.
-                    let again = serde_json::to_string(&frame).unwrap();
-                    prop_assert_eq!(ClientFrame::parse(&again).unwrap(), frame);
-                }
-                Err(error) => prop_assert!(!error.message.is_empty()),
-            }
-            Ok(())
+        .run(strategy, |value| {
+            cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            test(value)
         })
         .unwrap();
+    eprintln!("{name}: {} cases passed", cases.into_inner());
+}
+
+#[test]
+fn the_parser_takes_anything() {
+    check("parser", &client_text(), |text| {
+        match ClientFrame::parse(&text) {
+            Ok(frame) => {
+                // A frame it accepts is one it can write back the same.
+                let again = serde_json::to_string(&frame).unwrap();
+                prop_assert_eq!(ClientFrame::parse(&again).unwrap(), frame);
+            }
+            Err(error) => prop_assert!(!error.message.is_empty()),
+        }
+        Ok(())
+    });
 }
 
 /// What the pusher queued for one socket.
@@ -207,88 +222,85 @@ fn the_handlers_answer_every_frame() {
     let next_id = std::sync::atomic::AtomicU64::new(0);
     let route = prop::sample::select(vec!["join", "sendmessage", "leave", "$default"]);
     let frames = vec((route, client_text(), proptest::bool::weighted(0.05)), 1..6);
-    runner()
-        .run(&frames, |frames| {
-            let id = format!(
-                "fuzz-{}",
-                next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            );
-            let socket: Arc<LocalSocket> = pusher.register(
-                &id,
-                ConnectionInfo::new(1, "203.0.113.9".into(), "fuzz".into()),
-            );
-            runtime.block_on(async {
-                let connect = chat.connect(&id, 1, None, None).await;
-                assert_eq!(connect.status_code, 200);
-            });
-            let mut joined = false;
-            for (route, body, binary) in frames {
-                let expected = if binary {
-                    Err(shared::ErrorCode::BadRequest)
-                } else {
-                    ClientFrame::parse(&body).map_err(|error| error.code)
-                };
-                let response =
-                    runtime.block_on(chat.handle(event(&id, route, body.clone(), binary)));
-                let sent: VecDeque<ServerFrame> = drain(&socket)
-                    .iter()
-                    .map(|text| {
-                        assert!(
-                            text.len() <= SERVER_FRAME_MAX_BYTES,
-                            "a frame over the limit"
-                        );
-                        ServerFrame::parse(text).expect("the server sends valid frames")
-                    })
-                    .collect();
-                let errors: Vec<_> = sent
-                    .iter()
-                    .filter_map(|frame| match frame {
-                        ServerFrame::Error { code, .. } => Some(*code),
-                        _ => None,
-                    })
-                    .collect();
-                match expected {
-                    Err(code) => {
-                        prop_assert_eq!(&errors, &[code], "{:?} for {:?}", sent, body);
-                        prop_assert_eq!(sent.len(), 1);
-                    }
-                    Ok(ClientFrame::Join { room, name }) => {
-                        prop_assert!(errors.is_empty(), "{:?}", sent);
-                        let answered = matches!(
-                            sent.front(),
-                            Some(ServerFrame::Joined { room: r, name: n, .. })
-                                if r == room.as_str() && n == name.as_str()
-                        );
-                        prop_assert!(answered, "{:?}", sent);
-                        joined = true;
-                    }
-                    Ok(ClientFrame::SendMessage { data }) if joined => {
-                        prop_assert!(errors.is_empty(), "{:?}", sent);
-                        let delivered = matches!(
-                            sent.front(),
-                            Some(ServerFrame::Message(message)) if message.data == data
-                        );
-                        prop_assert!(delivered, "{:?}", sent);
-                    }
-                    Ok(ClientFrame::Leave) if joined => {
-                        let left = matches!(sent.front(), Some(ServerFrame::Left { .. }));
-                        prop_assert!(left, "{:?}", sent);
-                        joined = false;
-                    }
-                    Ok(ClientFrame::SendMessage { .. } | ClientFrame::Leave) => {
-                        prop_assert_eq!(errors, vec![shared::ErrorCode::NotInRoom]);
-                    }
-                    Ok(ClientFrame::Ping) => {
-                        prop_assert_eq!(sent, VecDeque::from([ServerFrame::Pong]));
-                    }
+    check("handlers", &frames, |frames| {
+        let id = format!(
+            "fuzz-{}",
+            next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let socket: Arc<LocalSocket> = pusher.register(
+            &id,
+            ConnectionInfo::new(1, "203.0.113.9".into(), "fuzz".into()),
+        );
+        runtime.block_on(async {
+            let connect = chat.connect(&id, 1, None, None).await;
+            assert_eq!(connect.status_code, 200);
+        });
+        let mut joined = false;
+        for (route, body, binary) in frames {
+            let expected = if binary {
+                Err(shared::ErrorCode::BadRequest)
+            } else {
+                ClientFrame::parse(&body).map_err(|error| error.code)
+            };
+            let response = runtime.block_on(chat.handle(event(&id, route, body.clone(), binary)));
+            let sent: VecDeque<ServerFrame> = drain(&socket)
+                .iter()
+                .map(|text| {
+                    assert!(
+                        text.len() <= SERVER_FRAME_MAX_BYTES,
+                        "a frame over the limit"
+                    );
+                    ServerFrame::parse(text).expect("the server sends valid frames")
+                })
+                .collect();
+            let errors: Vec<_> = sent
+                .iter()
+                .filter_map(|frame| match frame {
+                    ServerFrame::Error { code, .. } => Some(*code),
+                    _ => None,
+                })
+                .collect();
+            match expected {
+                Err(code) => {
+                    prop_assert_eq!(&errors, &[code], "{:?} for {:?}", sent, body);
+                    prop_assert_eq!(sent.len(), 1);
                 }
-                prop_assert!(response.status_code == 200, "{}", response.status_code);
+                Ok(ClientFrame::Join { room, name }) => {
+                    prop_assert!(errors.is_empty(), "{:?}", sent);
+                    let answered = matches!(
+                        sent.front(),
+                        Some(ServerFrame::Joined { room: r, name: n, .. })
+                            if r == room.as_str() && n == name.as_str()
+                    );
+                    prop_assert!(answered, "{:?}", sent);
+                    joined = true;
+                }
+                Ok(ClientFrame::SendMessage { data }) if joined => {
+                    prop_assert!(errors.is_empty(), "{:?}", sent);
+                    let delivered = matches!(
+                        sent.front(),
+                        Some(ServerFrame::Message(message)) if message.data == data
+                    );
+                    prop_assert!(delivered, "{:?}", sent);
+                }
+                Ok(ClientFrame::Leave) if joined => {
+                    let left = matches!(sent.front(), Some(ServerFrame::Left { .. }));
+                    prop_assert!(left, "{:?}", sent);
+                    joined = false;
+                }
+                Ok(ClientFrame::SendMessage { .. } | ClientFrame::Leave) => {
+                    prop_assert_eq!(errors, vec![shared::ErrorCode::NotInRoom]);
+                }
+                Ok(ClientFrame::Ping) => {
+                    prop_assert_eq!(sent, VecDeque::from([ServerFrame::Pong]));
+                }
             }
-            runtime.block_on(chat.disconnect(&id));
-            pusher.close(&id, 1000, "done");
-            Ok(())
-        })
-        .unwrap();
+            prop_assert!(response.status_code == 200, "{}", response.status_code);
+        }
+        runtime.block_on(chat.disconnect(&id));
+        pusher.close(&id, 1000, "done");
+        Ok(())
+    });
 }
 
 #[test]
@@ -327,8 +339,10 @@ fn the_websocket_decoder_takes_any_bytes_split_anywhere() {
         vec(frame, 1..8).prop_map(|frames| frames.concat()),
         vec(any::<u8>(), 0..2000),
     ];
-    runner()
-        .run(&(stream, any::<prop::sample::Index>()), |(bytes, split)| {
+    check(
+        "websocket decoder",
+        &(stream, any::<prop::sample::Index>()),
+        |(bytes, split)| {
             let whole = decode(limits, &[&bytes]);
             let at = split.index(bytes.len() + 1);
             let (head, tail) = bytes.split_at(at);
@@ -336,8 +350,8 @@ fn the_websocket_decoder_takes_any_bytes_split_anywhere() {
             // Where a read ends changes nothing.
             prop_assert_eq!(whole, parts);
             Ok(())
-        })
-        .unwrap();
+        },
+    );
 }
 
 fn decode(limits: Limits, reads: &[&[u8]]) -> (Vec<Incoming>, Option<String>) {

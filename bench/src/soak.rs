@@ -6,8 +6,8 @@
 //! listen for a moment and go again: a `leave`, a close, or a vanished TCP
 //! connection (no close frame), one after another. What churners receive
 //! must be of their room and never twice. With `--server-pid`, the server's
-//! resident memory once everyone has gone must be back within 10 % of what
-//! it was before, after a warm-up round (the same rooms, a message from
+//! resident memory once everyone has gone must be back to at most 10 %
+//! above what it was before, after a warm-up round (the same rooms, a message from
 //! everyone, everyone gone): what is measured is what the soak leaves
 //! behind, not the caches and pools any first traffic fills.
 
@@ -203,7 +203,9 @@ pub async fn soak(
     let mut memory_ok = true;
     if let (Some(baseline), Some(settled)) = (baseline, settled) {
         let ratio = settled.rss_kb as f64 / baseline.rss_kb.max(1) as f64;
-        memory_ok = (0.9..=1.1).contains(&ratio);
+        // Below the baseline is no leak (the warm-up's sockets may still
+        // have been giving memory back when it was taken).
+        memory_ok = ratio <= 1.1;
         summary += &format!(
             "\nserver RSS {} KB before, {} KB after everyone left ({:+.1} %)",
             baseline.rss_kb,
