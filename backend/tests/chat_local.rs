@@ -966,3 +966,50 @@ async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
     send(&mut ada, json!({"action": "ping"})).await;
     while next_frame(&mut ada).await["type"] != "pong" {}
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_let_go_without_holding_up_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut talker, _) = server.join("stall", "Talker").await;
+    // A reader with a tiny receive window that stops reading after joining.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(server.addr).await.unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (mut stalled, _) = tokio_tungstenite::client_async(server.ws_url(""), tcp)
+        .await
+        .unwrap();
+    send(
+        &mut stalled,
+        json!({"action": "join", "room": "stall", "name": "Stalled"}),
+    )
+    .await;
+    expect(&mut stalled, "joined").await;
+    expect(&mut talker, "presence").await;
+
+    // The talker goes on at full speed, each message back before the next;
+    // the server's kernel buffer, its write buffer and then the stalled
+    // reader's 1024-frame queue fill, and it is disconnected.
+    let data = "x".repeat(4000);
+    let mut let_go = false;
+    'talking: for _ in 0..6000 {
+        say(&mut talker, &data).await;
+        loop {
+            let frame = next_frame(&mut talker).await;
+            match frame["type"].as_str() {
+                Some("message") => break,
+                Some("presence") if frame["event"] == "leave" => {
+                    assert_eq!(frame["name"], "Stalled");
+                    let_go = true;
+                    break 'talking;
+                }
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+    }
+    assert!(let_go, "the stalled reader was never let go");
+    send(&mut talker, json!({"action": "ping"})).await;
+    while next_frame(&mut talker).await["type"] != "pong" {}
+    drop(stalled);
+}

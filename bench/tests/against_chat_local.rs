@@ -197,3 +197,54 @@ fn a_soak_with_churn_loses_nothing_and_gives_its_memory_back() {
     assert_eq!(churn["duplicates"], 0, "{report}");
     assert!(report["server"]["rss_ratio"].as_f64().is_some(), "{report}");
 }
+
+#[test]
+fn shutdown_under_load_finishes_within_its_grace_period() {
+    let mut server = ChatLocal::start("memory");
+    // A heavy chat in full flow, and a join storm's worth of sockets.
+    let load = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(["--url", &server.url, "--timeout", "30"])
+        .args([
+            "chat",
+            "--rooms",
+            "20",
+            "--clients",
+            "20",
+            "--messages",
+            "100000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chat-bench runs");
+    let mut load = Guard(load);
+    std::thread::sleep(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    let exited = loop {
+        if let Ok(Some(_)) = server.child.try_wait() {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = load.0.kill();
+    let took = exited.expect("chat-local exits under load");
+    // 5 s of grace for the sockets and 5 s for HTTP requests at most.
+    assert!(took < Duration::from_secs(11), "{took:?}");
+    eprintln!("exited {took:?} after SIGTERM under load");
+}
+
+/// Kills the child when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
