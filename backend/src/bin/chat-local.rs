@@ -155,15 +155,23 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     raise_open_file_limit();
+    let origins = OriginPolicy::only(
+        TRUNK_SERVE_ORIGINS
+            .iter()
+            .copied()
+            .chain(args.allowed_origins.iter().map(String::as_str)),
+    )
+    .map_err(|error| anyhow::anyhow!("--allowed-origin: {error}"))?;
+    // Reachable only from this machine, a page counts as chat-local's own
+    // only by IP or `localhost` (DNS rebinding); reachable from others, by
+    // any name it is addressed by.
+    let origins = if args.addr.ip().is_loopback() {
+        origins.or_same_host()
+    } else {
+        origins.or_same_host_by_any_name()
+    };
     let chat_config = ChatConfig {
-        origins: OriginPolicy::only(
-            TRUNK_SERVE_ORIGINS
-                .iter()
-                .copied()
-                .chain(args.allowed_origins.iter().map(String::as_str)),
-        )
-        .map_err(|error| anyhow::anyhow!("--allowed-origin: {error}"))?
-        .or_same_host(),
+        origins,
         rate_limit: RateLimit::new(args.rate_limit, args.rate_burst)
             .map_err(|error| anyhow::anyhow!("--rate-limit/--rate-burst: {error}"))?,
         ..ChatConfig::default()

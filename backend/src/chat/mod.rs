@@ -95,7 +95,14 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let route = context.route_key.as_deref().unwrap_or("$default");
         match (context.event_type.as_deref(), route) {
             (Some("CONNECT"), _) | (None, "$connect") => {
-                let header = |name| event.headers.get(name).and_then(|v| v.to_str().ok());
+                // Present but unreadable (not ASCII) is not absent: it is
+                // no origin anyone allowed.
+                let header = |name| {
+                    event
+                        .headers
+                        .get(name)
+                        .map(|v| v.to_str().unwrap_or("unreadable"))
+                };
                 let origin = header("origin");
                 if !self.config.origins.allows(origin, header("host")) {
                     // Before anything is recorded: the socket never opens.

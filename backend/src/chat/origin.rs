@@ -14,6 +14,11 @@ pub struct OriginPolicy {
     /// Pages served by the host the handshake went to (chat-local serves
     /// its own web app).
     same_host: bool,
+    /// Whether a DNS name counts as the same host, or only IP literals and
+    /// `localhost` do. A name can be pointed at any address by whoever owns
+    /// it (DNS rebinding): a page on such a name would be "same host" to a
+    /// server only reachable on this machine.
+    same_host_by_name: bool,
     /// Normalized: lower case, no default port, no trailing slash.
     allowed: Vec<String>,
 }
@@ -30,6 +35,7 @@ impl OriginPolicy {
         Self {
             any: true,
             same_host: false,
+            same_host_by_name: false,
             allowed: Vec::new(),
         }
     }
@@ -44,6 +50,7 @@ impl OriginPolicy {
         let mut policy = Self {
             any: false,
             same_host: false,
+            same_host_by_name: false,
             allowed: Vec::new(),
         };
         for origin in origins {
@@ -62,9 +69,19 @@ impl OriginPolicy {
         Ok(policy)
     }
 
-    /// Also pages served from the host the handshake was sent to.
+    /// Also pages served from the host the handshake was sent to, when that
+    /// host is an IP address or `localhost`: safe for a server that only
+    /// this machine can reach.
     pub fn or_same_host(mut self) -> Self {
         self.same_host = true;
+        self
+    }
+
+    /// [`Self::or_same_host`], by any name: for a server others can reach
+    /// anyway, where a rebound name gains a page nothing.
+    pub fn or_same_host_by_any_name(mut self) -> Self {
+        self.same_host = true;
+        self.same_host_by_name = true;
         self
     }
 
@@ -99,8 +116,21 @@ impl OriginPolicy {
             && host.is_some_and(|host| {
                 let (scheme, authority) = origin.split_once("://").unwrap_or_default();
                 authority == without_default_port(&host.to_ascii_lowercase(), scheme)
+                    && (self.same_host_by_name || names_only_this_machine(authority))
             })
     }
+}
+
+/// An IP literal or `localhost` (which browsers resolve to loopback
+/// themselves): names no one else can point elsewhere.
+fn names_only_this_machine(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// `scheme://host[:port]` in lower case without the scheme's default port, or
@@ -152,14 +182,27 @@ mod tests {
 
     #[test]
     fn same_host_lets_in_the_pages_the_server_serves() {
-        let policy = OriginPolicy::only::<_, &str>([]).unwrap().or_same_host();
-        assert!(policy.allows(Some("http://localhost:8080"), Some("localhost:8080")));
-        assert!(policy.allows(
+        let local = OriginPolicy::only::<_, &str>([]).unwrap().or_same_host();
+        assert!(local.allows(Some("http://localhost:8080"), Some("localhost:8080")));
+        assert!(local.allows(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
+        assert!(local.allows(Some("http://[::1]:8080"), Some("[::1]:8080")));
+        assert!(!local.allows(Some("http://evil.example"), Some("localhost:8080")));
+        assert!(!local.allows(Some("http://localhost:8080"), None));
+        // DNS rebinding: a name its owner pointed at 127.0.0.1 is not this
+        // machine's own page.
+        assert!(!local.allows(
+            Some("http://rebind.example:8080"),
+            Some("rebind.example:8080")
+        ));
+
+        let public = OriginPolicy::only::<_, &str>([])
+            .unwrap()
+            .or_same_host_by_any_name();
+        assert!(public.allows(
             Some("https://chat.example.com"),
             Some("chat.example.com:443")
         ));
-        assert!(!policy.allows(Some("http://evil.example"), Some("localhost:8080")));
-        assert!(!policy.allows(Some("http://localhost:8080"), None));
+        assert!(!public.allows(Some("http://evil.example"), Some("chat.example.com")));
     }
 
     #[test]
