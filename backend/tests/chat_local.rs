@@ -678,7 +678,8 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
     for i in 0..6 {
         say(&mut flooder, &format!("flood {i}")).await;
     }
-    // The burst of 3 goes through; the other 3 are refused, each told so.
+    // The burst of 3, less the join's share, goes through; the other 4 are
+    // refused, each told so.
     let mut refused = 0;
     let mut delivered = Vec::new();
     for _ in 0..6 {
@@ -692,9 +693,9 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
             _ => panic!("unexpected frame {frame}"),
         }
     }
-    assert_eq!(delivered, ["flood 0", "flood 1", "flood 2"]);
-    assert_eq!(refused, 3);
-    for i in 0..3 {
+    assert_eq!(delivered, ["flood 0", "flood 1"]);
+    assert_eq!(refused, 4);
+    for i in 0..2 {
         assert_eq!(
             expect(&mut reader, "message").await["data"],
             format!("flood {i}")
@@ -714,6 +715,15 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
         "after a pause"
     );
     say(&mut flooder, "too soon").await;
+    expect_error(&mut flooder, "rate_limited").await;
+    // Joins and leaves count too: each is announced to a whole room.
+    send(
+        &mut flooder,
+        json!({"action": "join", "room": "elsewhere", "name": "Flood"}),
+    )
+    .await;
+    expect_error(&mut flooder, "rate_limited").await;
+    send(&mut flooder, json!({"action": "leave"})).await;
     expect_error(&mut flooder, "rate_limited").await;
     expect_nothing_more(&mut reader).await;
 }
@@ -738,7 +748,9 @@ async fn connections_are_capped_in_all_and_per_address() {
         data_dir: dir.path(),
         dist: None,
         dynamodb_endpoint: None,
-        extra: &["--max-connections-per-ip", "2"],
+        // A total just above the per-address cap: a refusal that kept its
+        // slot in the total would show as 503 below.
+        extra: &["--max-connections-per-ip", "2", "--max-connections", "3"],
     });
     let first = try_connect(&server).await.unwrap();
     let mut second = try_connect(&server).await.unwrap();
@@ -769,12 +781,23 @@ async fn connections_are_capped_in_all_and_per_address() {
         extra: &["--max-connections", "1"],
     });
     let mut only = try_connect(&full).await.unwrap();
-    let refused = try_connect(&full).await.unwrap_err();
-    assert!(refused.starts_with("503 "), "{refused}");
+    for _ in 0..3 {
+        let refused = try_connect(&full).await.unwrap_err();
+        assert!(refused.starts_with("503 "), "{refused}");
+    }
     expect_alive(&mut only).await;
-    // A refused handshake records nothing and costs no slot.
-    let refused = try_connect(&full).await.unwrap_err();
-    assert!(refused.starts_with("503 "), "{refused}");
+    // Refused handshakes cost no slot: once the one socket is gone, the
+    // next gets in.
+    drop(only);
+    let mut next = None;
+    for _ in 0..50 {
+        if let Ok(socket) = try_connect(&full).await {
+            next = Some(socket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect_alive(next.as_mut().expect("the slot came back")).await;
 }
 
 #[tokio::test]
@@ -918,9 +941,9 @@ async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let (mut ada, _) = server.join("haunted", "Ada").await;
-    // Handshakes that join through the query string and hang up at once,
-    // before or while `$connect` runs.
-    for _ in 0..20 {
+    // Handshakes that join through the query string and hang up a moment
+    // later: before `$connect` runs, while it runs, or just after.
+    for attempt in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let head = format!(
             "GET /ws?room=haunted&name=Ghost HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
@@ -929,15 +952,20 @@ async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
             server.addr
         );
         tcp.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(attempt / 2)).await;
         drop(tcp);
     }
     // Every Ghost that got in left again: Ada hears as many leaves as joins.
     let mut in_room = 0i32;
+    let mut joins = 0;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout(Duration::from_millis(1500), next_frame(&mut ada)).await {
             Ok(frame) => match frame["event"].as_str() {
-                Some("join") => in_room += 1,
+                Some("join") => {
+                    in_room += 1;
+                    joins += 1;
+                }
                 Some("leave") => in_room -= 1,
                 _ => panic!("unexpected frame {frame}"),
             },
@@ -948,6 +976,7 @@ async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
             ),
         }
     }
+    assert!(joins > 0, "no Ghost ever got in: the test tested nothing");
     // And a newcomer finds only Ada.
     let mut probe = server.connect().await;
     send(

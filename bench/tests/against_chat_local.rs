@@ -219,6 +219,10 @@ fn shutdown_under_load_finishes_within_its_grace_period() {
         .expect("chat-bench runs");
     let mut load = Guard(load);
     std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        load.0.try_wait().unwrap().is_none(),
+        "the load was still running when SIGTERM came"
+    );
     let started = std::time::Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])

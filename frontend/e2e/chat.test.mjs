@@ -132,7 +132,11 @@ test('a shared link opens the room, and a restart is survived', async () => {
   const second = await ada.context().newPage();
   await second.goto(`${base}/#shared-room`);
   await log(second).waitFor(WAIT);
-  await log(ada).getByText('\u2068Ada\u2069 joined').waitFor(WAIT);
+  await members(second).getByText('Ada', { exact: true }).waitFor(WAIT);
+  // The same name twice is one person: listed once, not announced again.
+  await ada.waitForTimeout(500);
+  assert.equal(await members(ada).getByText('Ada', { exact: true }).count(), 1);
+  assert.equal(await log(ada).getByText(/Ada\u2069 joined/).count(), 0);
 
   // The server goes away and comes back on the same address.
   const addr = new URL(base).host;
@@ -182,7 +186,7 @@ test('config.json next to the page points the app at another WebSocket server', 
 
 test('a message over the rate limit is refused and stays in the composer', async () => {
   const data = mkdtempSync(join(tmpdir(), 'chat-rate-'));
-  const limited = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0.2', '--rate-burst', '2'] });
+  const limited = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0.2', '--rate-burst', '3'] });
   try {
     const eve = await openAs('Eve', 'rate-room', limited.url);
     for (const text of ['one', 'two', 'three']) {
@@ -297,4 +301,35 @@ test('messages that reach a joiner before its joined frame are kept, once each',
   assert.deepEqual(texts, ['in the history', 'sent while joining']);
   await context.close();
   await ann.context().close();
+});
+
+test('a join the server fails is not left hanging', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // The server answers the join with an `internal` error, as a store outage
+  // would (the first attempt only).
+  let failed = false;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      if (!failed && JSON.parse(text).action === 'join') {
+        failed = true;
+        ws.send(JSON.stringify({ type: 'error', code: 'internal', message: 'the server could not complete the request; try again' }));
+        return;
+      }
+      server.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Jo');
+  await page.getByLabel('Room').fill('failing-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await page.getByRole('alert').getByText(/try again/).waitFor(WAIT);
+  // Back to a usable lobby: the button is enabled, and trying again works.
+  const join = page.getByRole('button', { name: 'Join' });
+  await join.waitFor(WAIT);
+  assert.equal(await join.isEnabled(), true);
+  await join.click();
+  await log(page).waitFor(WAIT);
+  await context.close();
 });

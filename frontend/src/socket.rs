@@ -9,7 +9,6 @@ use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use serde::Deserialize;
 use shared::{ClientFrame, ServerFrame};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -79,8 +78,12 @@ async fn session(
         return false;
     }
     state.status.set(Status::Online);
-    // What was queued while offline is stale by now.
+    // What was queued while offline is stale by now, and nothing sent on
+    // the old socket will be answered on this one.
     while queue.try_recv().is_ok() {}
+    state
+        .unanswered
+        .update_value(std::collections::VecDeque::clear);
     if let Some((room, name)) = state.target.get_untracked()
         && write
             .send(text(&ClientFrame::Join { room, name }))
@@ -145,12 +148,6 @@ struct Settings {
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
 
 async fn settings() -> Settings {
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Config {
-        websocket_url: Option<String>,
-        heartbeat_seconds: Option<f64>,
-    }
     let configured = async {
         let window = web_sys::window()?;
         let response: web_sys::Response = JsFuture::from(window.fetch_with_str("config.json"))
@@ -165,25 +162,45 @@ async fn settings() -> Settings {
             .await
             .ok()?
             .as_string()?;
-        match serde_json::from_str::<Config>(&text) {
+        match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(config) => Some(config),
             Err(error) => {
-                leptos::logging::warn!("config.json is not usable, using defaults: {error}");
+                leptos::logging::warn!("config.json is not JSON, using defaults: {error}");
                 None
             }
         }
     };
     let config = configured.await.unwrap_or_default();
+    // Field by field: one mistyped field costs only itself.
+    let field = |name: &str| {
+        let value = config.get(name);
+        if value.is_some_and(|v| !v.is_null()) {
+            leptos::logging::warn!(
+                "config.json: {name} is not usable ({value:?}); using the default"
+            );
+        }
+        value
+    };
+    let websocket_url = config
+        .get("websocketUrl")
+        .and_then(|v| v.as_str())
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned);
+    if websocket_url.is_none() {
+        field("websocketUrl");
+    }
+    let heartbeat = config
+        .get("heartbeatSeconds")
+        .and_then(|v| v.as_f64())
+        .filter(|seconds| seconds.is_finite() && *seconds > 0.0);
+    if heartbeat.is_none() {
+        field("heartbeatSeconds");
+    }
     Settings {
-        websocket_url: config
-            .websocket_url
-            .filter(|url| !url.is_empty())
-            .unwrap_or_else(crate::browser::default_websocket_url),
-        heartbeat: config
-            .heartbeat_seconds
-            .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
-            .map_or(DEFAULT_HEARTBEAT, |seconds| {
-                Duration::from_secs_f64(seconds.min(86_400.0))
-            }),
+        websocket_url: websocket_url.unwrap_or_else(crate::browser::default_websocket_url),
+        // At least a second: a tiny value would be a flood of pings.
+        heartbeat: heartbeat.map_or(DEFAULT_HEARTBEAT, |seconds| {
+            Duration::from_secs_f64(seconds.clamp(1.0, 86_400.0))
+        }),
     }
 }

@@ -53,9 +53,10 @@ pub struct ChatState {
     pub error: RwSignal<Option<String>>,
     /// What the composer holds.
     pub draft: RwSignal<String>,
-    /// The last message sent, given back to the composer if the server
-    /// refuses it for coming too fast.
-    pub last_sent: StoredValue<Option<String>>,
+    /// Messages sent and not yet answered, oldest first: the server answers
+    /// each, in order, with the message itself or an error, and one refused
+    /// for coming too fast goes back to the composer.
+    pub unanswered: StoredValue<std::collections::VecDeque<String>>,
     seen: StoredValue<HashSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
@@ -93,7 +94,7 @@ impl ChatState {
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
-            last_sent: StoredValue::new(None),
+            unanswered: StoredValue::new(std::collections::VecDeque::new()),
             seen: StoredValue::new(HashSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new(Vec::new()),
@@ -138,6 +139,13 @@ impl ChatState {
                 }
             }
             ServerFrame::Message(message) => {
+                if self.is_mine(&message) {
+                    self.unanswered.update_value(|unanswered| {
+                        if let Some(at) = unanswered.iter().position(|d| *d == message.data) {
+                            unanswered.remove(at);
+                        }
+                    });
+                }
                 if self.is_current_room(&message.room) {
                     self.add_message(message);
                 } else if self.is_joining(&message.room) {
@@ -176,11 +184,23 @@ impl ChatState {
                 if matches!(code, ErrorCode::InvalidRoom | ErrorCode::InvalidName) {
                     self.target.set(None);
                 }
-                if code == ErrorCode::RateLimited
+                // A join that failed leaves the user where they were, not
+                // waiting for a `joined` that will not come.
+                if self.joined.with_untracked(Option::is_none) {
+                    self.target.set(None);
+                    self.early.update_value(Vec::clear);
+                }
+                if matches!(
+                    code,
+                    ErrorCode::RateLimited | ErrorCode::TooLarge | ErrorCode::BadRequest
+                ) && let Some(refused) = self
+                    .unanswered
+                    .try_update_value(|unanswered| unanswered.pop_front())
+                    .flatten()
+                    && code == ErrorCode::RateLimited
                     && self.draft.with_untracked(String::is_empty)
-                    && let Some(unsent) = self.last_sent.try_update_value(Option::take).flatten()
                 {
-                    self.draft.set(unsent);
+                    self.draft.set(refused);
                 }
                 self.error.set(Some(message));
             }
@@ -228,15 +248,13 @@ impl ChatState {
             else {
                 return;
             };
-            // Still or again present after a leave, or one connection of the
-            // name after a join: the room already shows what happened.
+            // Still or again present after a leave: nobody left.
             let on = state
                 .members
                 .with_untracked(|m| m.iter().filter(|n| **n == pending.name).count());
-            let happened = match pending.event {
-                PresenceEvent::Leave => on == 0,
-                PresenceEvent::Join => on > 1,
-            };
+            // A join of a name already here is only ever half of a
+            // reconnect: the name is listed, nothing more to say.
+            let happened = pending.event == PresenceEvent::Leave && on == 0;
             if happened && state.joined.with_untracked(Option::is_some) {
                 state.push(Entry::Notice {
                     key: pending.key,
@@ -269,6 +287,12 @@ impl ChatState {
             text,
             ts: crate::browser::now_ms(),
         });
+    }
+
+    /// A message this tab (or another of the same name) sent.
+    fn is_mine(&self, message: &ChatMessage) -> bool {
+        self.joined
+            .with_untracked(|j| j.as_ref().is_some_and(|j| j.name == message.name))
     }
 
     /// Whether `room` is the one a `join` has been sent for.

@@ -117,7 +117,8 @@ struct Args {
     /// Open WebSockets per client address at most; handshakes beyond it get
     /// 429. Off by default: behind a reverse proxy every client has the
     /// proxy's address.
-    #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS_PER_IP")]
+    #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS_PER_IP",
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_ip: Option<u32>,
     /// Messages per second one connection may send, on average; `0` turns
     /// the limit off (benchmarks and load tests do).
@@ -229,6 +230,9 @@ async fn main() -> anyhow::Result<()> {
     let listen = Listen {
         addr: args.addr,
         management_addr: args.management_addr,
+        // Lambda functions are told the Management API's address in
+        // advance: it must be where it was said to be.
+        management_fixed: args.lambda_endpoint.is_some(),
         dist: args.dist.clone(),
     };
     match &args.lambda_endpoint {
@@ -276,6 +280,8 @@ async fn main() -> anyhow::Result<()> {
 struct Listen {
     addr: SocketAddr,
     management_addr: Option<SocketAddr>,
+    /// No free port instead of the default one.
+    management_fixed: bool,
     dist: PathBuf,
 }
 
@@ -294,6 +300,11 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
             .with_context(|| format!("cannot listen on {addr} (--management-addr)"))?,
         None => match tokio::net::TcpListener::bind(MANAGEMENT_ADDR).await {
             Ok(listener) => listener,
+            Err(error) if listen.management_fixed => {
+                anyhow::bail!(
+                    "cannot listen on {MANAGEMENT_ADDR} for the management API ({error}): the functions' MANAGEMENT_API_ENDPOINT must name it; free the port or pass --management-addr"
+                )
+            }
             Err(error) => {
                 tracing::warn!(%error, "{MANAGEMENT_ADDR} is taken; the management API gets a free port");
                 tokio::net::TcpListener::bind("127.0.0.1:0").await?

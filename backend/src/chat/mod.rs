@@ -178,6 +178,11 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             }
             Err(error) => {
                 tracing::error!(connection_id, %error, "connect failed");
+                // No `$disconnect` follows a failed `$connect`: a record
+                // written before the failure would be a ghost member.
+                if let Err(error) = self.store.remove_connection(connection_id).await {
+                    tracing::warn!(connection_id, %error, "could not undo a failed connect");
+                }
                 response(500, "internal error")
             }
         }
@@ -234,7 +239,26 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         }
     }
 
+    /// Counts a membership change against the rate limit: each one is
+    /// announced to a whole room, so a flood of joins and leaves is as loud
+    /// as a flood of messages (and dearer).
+    async fn admit_change(&self, connection_id: &str) -> Result<(), ChatError> {
+        let Some(limit) = &self.config.rate_limit else {
+            return Ok(());
+        };
+        match self
+            .store
+            .admit_message(connection_id, Some(limit), now_us())
+            .await?
+        {
+            Admission::Limited => Err(rate_limited()),
+            // Unknown connections are told so by the change itself.
+            Admission::Admitted(_) | Admission::Unknown => Ok(()),
+        }
+    }
+
     async fn join(&self, connection_id: &str, room: Room, name: Name) -> Result<(), ChatError> {
+        self.admit_change(connection_id).await?;
         let Some(previous) = self.store.join_room(connection_id, &room, &name).await? else {
             return Err(not_connected());
         };
@@ -316,6 +340,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 
     async fn leave(&self, connection_id: &str) -> Result<(), ChatError> {
+        self.admit_change(connection_id).await?;
         let previous = self.store.leave_room(connection_id).await?;
         let Some((room, name)) = previous.and_then(|c| c.room.zip(c.name)) else {
             return Err(not_in_room());
@@ -458,7 +483,7 @@ fn not_in_room() -> ChatError {
 fn rate_limited() -> ChatError {
     ProtocolError::new(
         ErrorCode::RateLimited,
-        "you are sending messages too fast; this one was not sent, wait a moment",
+        "you are going too fast: this was not done; wait a moment and try again",
     )
     .into()
 }

@@ -131,7 +131,7 @@ impl OpenSockets {
         }
         if let Some(max) = config.max_connections_per_ip {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let open = per_ip.entry(ip).or_default();
+            let open = per_ip.entry(client_of(ip)).or_default();
             if *open >= max {
                 drop(per_ip);
                 self.total.fetch_sub(1, Ordering::SeqCst);
@@ -149,13 +149,39 @@ impl OpenSockets {
     fn close(&self, ip: IpAddr, config: &GatewayConfig) {
         self.total.fetch_sub(1, Ordering::SeqCst);
         if config.max_connections_per_ip.is_some() {
+            let client = client_of(ip);
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(open) = per_ip.get_mut(&ip) {
+            if let Some(open) = per_ip.get_mut(&client) {
                 *open -= 1;
                 if *open == 0 {
-                    per_ip.remove(&ip);
+                    per_ip.remove(&client);
                 }
             }
+        }
+    }
+}
+
+/// One open socket's place in [`OpenSockets`], given back when dropped.
+struct Slot<'a> {
+    open: &'a OpenSockets,
+    ip: IpAddr,
+    config: &'a GatewayConfig,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.open.close(self.ip, self.config);
+    }
+}
+
+/// Whom a per-address cap counts: an IPv4 address, or an IPv6 /64 (one
+/// host usually has a whole /64 to pick addresses from).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
         }
     }
 }
@@ -325,10 +351,15 @@ impl<I: Integration> Gateway<I> {
         let (answer, answered) = oneshot::channel();
         let tasks = gateway.tasks.clone();
         let task = async move {
+            // Released however the session ends, a panicking handler too.
+            let _slot = Slot {
+                open: &gateway.open,
+                ip,
+                config: &gateway.config,
+            };
             gateway
                 .session(event, connection_id, socket, answer, on_upgrade)
                 .await;
-            gateway.open.close(ip, &gateway.config);
         };
         tracing::trace!(bytes = std::mem::size_of_val(&task), "socket task");
         tasks.spawn(task);

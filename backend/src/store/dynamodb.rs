@@ -457,7 +457,7 @@ impl Store for DynamoStore {
                 "SET #full = :next",
                 "attribute_exists(connectionId) AND (attribute_not_exists(#full) OR #full <= :now)",
                 [
-                    (":next", n(now_us + limit.interval_us())),
+                    (":next", n(now_us.saturating_add(limit.interval_us()))),
                     (":now", n(now_us)),
                 ],
             )
@@ -477,7 +477,7 @@ impl Store for DynamoStore {
                 "attribute_exists(connectionId) AND #full <= :latest",
                 [
                     (":interval", n(limit.interval_us())),
-                    (":latest", n(now_us + limit.tolerance_us())),
+                    (":latest", n(now_us.saturating_add(limit.tolerance_us()))),
                 ],
             )
             .await?;

@@ -86,7 +86,9 @@ impl RateLimit {
         if burst == 0 {
             return Err("the burst must be at least 1 message".into());
         }
-        let interval_us = (1_000_000.0 / per_second).round().max(1.0) as u64;
+        // At most a day per message: beyond that the arithmetic would only
+        // approach overflow, not limit anything more.
+        let interval_us = (1_000_000.0 / per_second).round().clamp(1.0, 86_400e6) as u64;
         Ok(Some(Self {
             interval_us,
             tolerance_us: interval_us.saturating_mul(u64::from(burst) - 1),
@@ -118,7 +120,8 @@ impl RateLimit {
     /// connection); `None` if it is over.
     pub fn admit(&self, full_again_us: u64, now_us: u64) -> Option<u64> {
         let full_again = full_again_us.max(now_us);
-        (full_again - now_us <= self.tolerance_us).then(|| full_again + self.interval_us)
+        (full_again - now_us <= self.tolerance_us)
+            .then(|| full_again.saturating_add(self.interval_us))
     }
 
     pub fn interval_us(&self) -> u64 {

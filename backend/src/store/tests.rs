@@ -48,6 +48,10 @@ fn zero_turns_it_off_and_nonsense_is_refused() {
         assert!(RateLimit::new(bad, 10).is_err(), "{bad}");
     }
     assert!(RateLimit::new(2.0, 0).is_err());
+    // A vanishingly small rate is one message a day, with no overflow.
+    let slow = limit(1e-14, 1);
+    assert_eq!(slow.admit(0, SECOND), Some(SECOND + 86_400 * SECOND));
+    assert!(slow.admit(u64::MAX - 1, SECOND).is_none());
     // A huge rate still refuses beyond the burst within one microsecond.
     let fast = limit(1e9, 3);
     let mut full_again = 0;

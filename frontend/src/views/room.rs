@@ -110,7 +110,9 @@ fn Composer() -> impl IntoView {
         }
         match check_message_data(&data) {
             Ok(()) => {
-                state.last_sent.set_value(Some(data.clone()));
+                state
+                    .unanswered
+                    .update_value(|unanswered| unanswered.push_back(data.clone()));
                 chat.outbox.send(ClientFrame::SendMessage { data });
                 draft.set(String::new());
             }
