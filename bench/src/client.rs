@@ -63,6 +63,14 @@ impl ChatOutcome {
         self.latencies_us.extend(other.latencies_us);
     }
 
+    /// Every one of `expected` deliveries made once, and nothing else.
+    pub fn is_exact(&self, expected: u64) -> bool {
+        self.delivered == expected
+            && self.duplicates == 0
+            && self.cross_room == 0
+            && self.errors == 0
+    }
+
     /// p50, p90, p99 and max, in milliseconds.
     pub fn latency_percentiles(&mut self) -> [f64; 4] {
         self.latencies_us.sort_unstable();

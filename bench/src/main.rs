@@ -267,20 +267,7 @@ async fn chat(
     let before = server.map(Server::sample).transpose()?;
     let started = Instant::now();
     let plan = Arc::new(plan);
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|client| {
-            let (plan, delivered) = (Arc::clone(&plan), Arc::clone(&delivered));
-            tokio::spawn(client.chat(plan, delivered))
-        })
-        .collect();
-    let mut outcome = ChatOutcome::default();
-    let mut finished = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (client, result) = task.await.context("a client task panicked")?;
-        outcome.merge(result);
-        finished.push(client);
-    }
+    let (mut outcome, finished) = chat_all(clients, &plan, &delivered).await?;
     let elapsed = started.elapsed();
     let after = server.map(Server::sample).transpose()?;
     ticker.abort();
@@ -308,10 +295,7 @@ async fn chat(
 
     let latency = outcome.latency_percentiles();
     let rate = outcome.delivered as f64 / elapsed.as_secs_f64();
-    let ok = outcome.delivered == expected
-        && outcome.duplicates == 0
-        && outcome.cross_room == 0
-        && outcome.errors == 0;
+    let ok = outcome.is_exact(expected);
     let mut summary = format!(
         "{} rooms × {} clients × {} messages: delivered {}/{} ({} lost), {} duplicates, {} cross-room, {} errors\n\
          {:.2} s, {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
@@ -452,6 +436,27 @@ async fn storm(
         report["drop_server_cpu_s"] = json!(drop_cpu);
     }
     Ok((summary, report))
+}
+
+/// Runs every client's part of a chat at once; their outcomes, summed, and
+/// the clients again (still connected).
+pub(crate) async fn chat_all(
+    clients: Vec<Client>,
+    plan: &Arc<ChatPlan>,
+    delivered: &Arc<AtomicU64>,
+) -> anyhow::Result<(ChatOutcome, Vec<Client>)> {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| tokio::spawn(client.chat(Arc::clone(plan), Arc::clone(delivered))))
+        .collect();
+    let mut outcome = ChatOutcome::default();
+    let mut finished = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (client, result) = task.await.context("a client task panicked")?;
+        outcome.merge(result);
+        finished.push(client);
+    }
+    Ok((outcome, finished))
 }
 
 /// Joins clients that then only listen (and so answer pings); each task

@@ -21,7 +21,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{ChatOutcome, ChatPlan, Client, Frame, now_ns, parse_body};
+use crate::client::{ChatPlan, Client, Frame, now_ns, parse_body};
 use crate::server::Server;
 
 pub struct SoakPlan {
@@ -115,17 +115,7 @@ pub async fn soak(
     });
     let started = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = core
-        .into_iter()
-        .map(|client| tokio::spawn(client.chat(Arc::clone(&chat_plan), Arc::clone(&delivered))))
-        .collect();
-    let mut outcome = ChatOutcome::default();
-    let mut finished = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (client, result) = task.await.context("a client task panicked")?;
-        outcome.merge(result);
-        finished.push(client);
-    }
+    let (mut outcome, finished) = crate::chat_all(core, &chat_plan, &delivered).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for churner in churners {
@@ -149,10 +139,7 @@ pub async fn soak(
     let latency = outcome.latency_percentiles();
     let count = |value: &AtomicU64| value.load(Ordering::Relaxed);
     let churn_faults = count(&churn.cross_room) + count(&churn.duplicates) + count(&churn.errors);
-    let exact = outcome.delivered == expected
-        && outcome.duplicates == 0
-        && outcome.cross_room == 0
-        && outcome.errors == 0;
+    let exact = outcome.is_exact(expected);
     let mut summary = format!(
         "soak {:.1} s: core delivered {}/{} ({} lost), {} duplicates, {} cross-room, {} errors; \
          latency ms p50 {:.2} p99 {:.2} max {:.2}\n\
@@ -249,12 +236,8 @@ async fn warm_up(
         timeout: Duration::from_secs(120),
     });
     let delivered = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|client| tokio::spawn(client.chat(Arc::clone(&warm_plan), Arc::clone(&delivered))))
-        .collect();
-    for task in tasks {
-        let (mut client, _) = task.await.context("a client task panicked")?;
+    let (_, finished) = crate::chat_all(clients, &warm_plan, &delivered).await?;
+    for mut client in finished {
         let _ = client.socket.close(None).await;
     }
     let (_, quiet) = server

@@ -236,19 +236,32 @@ impl DynamoStore {
         if update.contains("#name") {
             request = request.expression_attribute_names("#name", "name");
         }
-        match request.send().await {
-            Ok(output) => output
-                .attributes
+        let result = request.send().await.map(|output| output.attributes);
+        self.previous_connection(result, "UpdateItem")
+    }
+
+    /// The connection record a conditional write returned as it was before
+    /// (`ReturnValues: ALL_OLD`), or `None` when its condition failed.
+    fn previous_connection<E, R>(
+        &self,
+        result: Result<Option<Item>, SdkError<E, R>>,
+        operation: &'static str,
+    ) -> Result<Option<Connection>, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        match result {
+            Ok(item) => item
                 .map(|item| self.connection_from_item(&item))
                 .transpose(),
             Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                if error.as_service_error().and_then(|e| e.code())
+                    == Some("ConditionalCheckFailedException") =>
             {
                 Ok(None)
             }
-            Err(error) => Err(backend("UpdateItem")(error)),
+            Err(error) => Err(backend(operation)(error)),
         }
     }
 
@@ -541,21 +554,9 @@ impl Store for DynamoStore {
             .expression_attribute_values(":before", n(connected_before))
             .return_values(ReturnValue::AllOld)
             .send()
-            .await;
-        match deleted {
-            Ok(output) => output
-                .attributes
-                .map(|item| self.connection_from_item(&item))
-                .transpose(),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(error) => Err(backend("DeleteItem")(error)),
-        }
+            .await
+            .map(|output| output.attributes);
+        self.previous_connection(deleted, "DeleteItem")
     }
 
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {

@@ -26,26 +26,18 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Dynamo {
     pub endpoint: String,
     pub client: aws_sdk_dynamodb::Client,
+    _server: StoppableDynamo,
 }
 
 impl Dynamo {
     pub async fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let database = dynoxide::Database::memory().unwrap();
-                dynoxide::server::serve_on(listener, database).await;
-            });
-        });
-        let client = backend::local::dynamodb::local_client(&endpoint);
-        Self { endpoint, client }
+        let server = StoppableDynamo::start();
+        let client = backend::local::dynamodb::local_client(&server.endpoint);
+        Self {
+            endpoint: server.endpoint.clone(),
+            client,
+            _server: server,
+        }
     }
 }
 
