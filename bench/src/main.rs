@@ -118,6 +118,10 @@ enum Mode {
         /// Clients coming and going at any moment.
         #[arg(long, default_value_t = 50)]
         churners: usize,
+        /// How far above its baseline the server's memory may end, in
+        /// percent (short runs are dominated by fixed costs: give them more).
+        #[arg(long, default_value_t = 10.0)]
+        memory_slack: f64,
     },
 }
 
@@ -190,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             seconds,
             rate,
             churners,
+            memory_slack,
         } => {
             let plan = soak::SoakPlan {
                 rooms,
@@ -197,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 seconds,
                 rate,
                 churners,
+                memory_slack,
             };
             soak::soak(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
         }

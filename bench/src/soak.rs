@@ -32,6 +32,8 @@ pub struct SoakPlan {
     pub rate: f64,
     /// Churning clients at any moment.
     pub churners: usize,
+    /// How far above its baseline the server's memory may end, in percent.
+    pub memory_slack: f64,
 }
 
 /// How the churners fared, summed.
@@ -192,7 +194,7 @@ pub async fn soak(
         let ratio = settled.rss_kb as f64 / baseline.rss_kb.max(1) as f64;
         // Below the baseline is no leak (the warm-up's sockets may still
         // have been giving memory back when it was taken).
-        memory_ok = ratio <= 1.1;
+        memory_ok = ratio <= 1.0 + plan.memory_slack / 100.0;
         summary += &format!(
             "\nserver RSS {} KB before, {} KB after everyone left ({:+.1} %)",
             baseline.rss_kb,

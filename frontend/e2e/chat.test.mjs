@@ -142,6 +142,8 @@ test('a shared link opens the room, and a restart is survived', async () => {
   const addr = new URL(base).host;
   await stopServer(server);
   await ada.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+  // Screen readers hear the state, not a countdown every second.
+  assert.match(await ada.getByRole('status').first().textContent(), /^(Offline|Connecting…)$/);
   const restarted = await startServer(addr);
   server = restarted.child;
   await ada.getByText('Connected').waitFor({ timeout: 30_000 });
@@ -151,6 +153,12 @@ test('a shared link opens the room, and a restart is survived', async () => {
   await messageField(ada).fill('after the restart');
   await messageField(ada).press('Enter');
   await log(second).getByText('after the restart', { exact: true }).waitFor(WAIT);
+  // The same name in two tabs: each tab's own messages are its own.
+  const inSecond = log(second).locator('.message', { hasText: 'after the restart' });
+  assert.doesNotMatch(await inSecond.getAttribute('class'), /\bmine\b/);
+  const inFirst = log(ada).locator('.message', { hasText: 'after the restart' });
+  await inFirst.waitFor(WAIT);
+  assert.match(await inFirst.getAttribute('class'), /\bmine\b/);
   await ada.context().close();
 });
 
@@ -199,6 +207,11 @@ test('a message over the rate limit is refused and stays in the composer', async
     // reached the room.
     assert.equal(await messageField(eve).inputValue(), 'three');
     assert.equal(await log(eve).getByText('three', { exact: true }).count(), 0);
+    // Once a token is back (one per 5 s), it goes, and the error is gone.
+    await eve.waitForTimeout(5200);
+    await messageField(eve).press('Enter');
+    await log(eve).getByText('three', { exact: true }).waitFor(WAIT);
+    await eve.getByRole('alert').waitFor({ state: 'detached', ...WAIT });
     await eve.context().close();
   } finally {
     await stopServer(limited.child);
@@ -332,4 +345,164 @@ test('a join the server fails is not left hanging', async () => {
   await join.click();
   await log(page).waitFor(WAIT);
   await context.close();
+});
+
+/** Joins `room` as `name` on a bare WebSocket (no app) and sends each text. */
+async function postAs(name, room, texts) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${base}/healthz`);
+  const error = await page.evaluate(async ({ url, name, room, texts }) => {
+    const ws = new WebSocket(url);
+    const frames = [];
+    ws.onmessage = (event) => frames.push(JSON.parse(event.data));
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const until = async (ok) => {
+      for (let i = 0; i < 300 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
+      return ok();
+    };
+    ws.send(JSON.stringify({ action: 'join', room, name }));
+    if (!await until(() => frames.some((f) => f.type === 'joined'))) return `no joined: ${JSON.stringify(frames)}`;
+    for (const data of texts) ws.send(JSON.stringify({ action: 'sendmessage', data }));
+    const mine = () => frames.filter((f) => f.type === 'message' && f.name === name).length === texts.length;
+    if (!await until(mine)) return `not all sent: ${JSON.stringify(frames)}`;
+    ws.close();
+    return null;
+  }, { url: `${base.replace('http', 'ws')}/ws`, name, room, texts });
+  await context.close();
+  assert.equal(error, null);
+}
+
+test('on a phone a long conversation scrolls inside the screen, and reading older messages is not interrupted', async () => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await context.newPage();
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Pia');
+  await page.getByLabel('Room').fill('phone-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await log(page).waitFor(WAIT);
+  // 40 messages from eight people (each within the rate limit's burst).
+  for (const who of ['Q1', 'Q2', 'Q3', 'Q4', 'Q5', 'Q6', 'Q7', 'Q8']) {
+    await postAs(who, 'phone-room', Array.from({ length: 5 }, (_, i) => `${who} line ${i}`));
+  }
+  await log(page).getByText('Q8 line 4', { exact: true }).waitFor(WAIT);
+
+  // The header, Leave and the member list stay on the screen.
+  for (const locator of [page.getByRole('button', { name: 'Leave' }), page.getByRole('heading', { name: /Members/ })]) {
+    const box = await locator.boundingBox();
+    assert.ok(box && box.y >= 0 && box.y + box.height <= 844, `on screen: ${JSON.stringify(box)}`);
+  }
+  // The log scrolls, and its first message can be reached.
+  const scroll = await log(page).evaluate((el) => ({ height: el.scrollHeight, client: el.clientHeight }));
+  assert.ok(scroll.height > scroll.client, 'the log scrolls within the screen');
+  await log(page).evaluate((el) => { el.scrollTop = 0; });
+  const first = await log(page).getByText('Q1 line 0', { exact: true }).boundingBox();
+  assert.ok(first && first.y >= 0 && first.y < 844, 'the oldest message is reachable');
+
+  // A new message while reading older ones: the view stays, a button offers the latest.
+  await postAs('Q9', 'phone-room', ['a newer one']);
+  const jump = page.getByRole('button', { name: /1 new message/ });
+  await jump.waitFor(WAIT);
+  assert.equal(await log(page).evaluate((el) => el.scrollTop), 0, 'the view did not jump');
+  await jump.click();
+  const at = await log(page).evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+  assert.ok(at < 48, 'the button goes to the newest message');
+  await jump.waitFor({ state: 'detached', ...WAIT });
+  await context.close();
+});
+
+test('focus follows joining and leaving, and long messages say why they cannot be sent', async () => {
+  const page = await openAs('Fay', 'focus-room');
+  await page.waitForFunction(() => document.activeElement?.id === 'message', null, WAIT);
+  await messageField(page).fill('é'.repeat(2049));
+  await page.getByText('Too long: 4098 of 4096 bytes', { exact: false }).waitFor(WAIT);
+  assert.equal(await page.getByRole('button', { name: 'Send' }).isEnabled(), false);
+  await messageField(page).fill('é'.repeat(1900));
+  await page.getByText('3800 of 4096 bytes').waitFor(WAIT);
+  await page.getByRole('button', { name: 'Leave' }).click();
+  await page.waitForFunction(() => document.activeElement?.id === 'room', null, WAIT);
+  await page.context().close();
+});
+
+test('old messages show their day, and every time is machine-readable', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const threeDaysAgo = Date.now() - 3 * 24 * 3600 * 1000;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.type === 'joined') {
+        frame.history.unshift({
+          type: 'message', id: `${threeDaysAgo}-0000000000000001`, room: frame.room,
+          name: 'Old', data: 'from three days ago', ts: threeDaysAgo,
+        });
+        ws.send(JSON.stringify(frame));
+        return;
+      }
+      ws.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Dan');
+  await page.getByLabel('Room').fill('dated-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  const old = log(page).locator('.message', { hasText: 'from three days ago' });
+  await old.waitFor(WAIT);
+  const time = old.locator('time');
+  assert.equal(await time.getAttribute('datetime'), new Date(threeDaysAgo).toISOString());
+  assert.match(await time.textContent(), /^(Sun|Mon|Tue|Wed|Thu|Fri|Sat) \d{1,2} [A-Z][a-z]{2}, \d\d:\d\d$/);
+  await context.close();
+});
+
+test('names count characters, and a link to a room with an accent is read decoded', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${base}/#café`);
+  assert.equal(await page.getByLabel('Room').inputValue(), 'café');
+  const emoji = '😀'.repeat(20);
+  await page.getByLabel('Name').fill(emoji);
+  assert.equal(await page.getByLabel('Name').inputValue(), emoji, 'not cut at 32 UTF-16 units');
+  await page.getByLabel('Room').fill('emoji-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await members(page).getByText(emoji, { exact: true }).waitFor(WAIT);
+  await context.close();
+});
+
+test('the address and the room follow each other: Back, Forward, edits and Leave', async () => {
+  const page = await openAs('Hal', 'history-a');
+  const hash = () => new URL(page.url()).hash;
+  const inRoom = (room) => page.getByRole('heading', { level: 1, name: room }).waitFor(WAIT);
+  const inLobby = () => page.getByRole('button', { name: 'Join' }).waitFor(WAIT);
+  await inRoom('history-a');
+  assert.equal(hash(), '#history-a');
+
+  // Back returns to the lobby, Forward to the room.
+  await page.goBack();
+  await inLobby();
+  assert.equal(hash(), '');
+  await page.goForward();
+  await inRoom('history-a');
+
+  // Editing the fragment switches rooms; a wrong one is refused and undone.
+  await page.evaluate(() => { location.hash = '#history-b'; });
+  await inRoom('history-b');
+  await page.evaluate(() => { location.hash = '#not a room!'; });
+  await page.getByRole('alert').getByText(/not a room/).waitFor(WAIT);
+  await page.waitForFunction(() => location.hash === '#history-b', null, WAIT);
+  await inRoom('history-b');
+
+  // Leave is a step of its own: Back from the lobby returns to the room.
+  await page.getByRole('button', { name: 'Leave' }).click();
+  await inLobby();
+  assert.equal(hash(), '');
+  await page.goBack();
+  await inRoom('history-b');
+
+  // In the lobby, an edited fragment joins (the name is remembered).
+  await page.getByRole('button', { name: 'Leave' }).click();
+  await inLobby();
+  await page.evaluate(() => { location.hash = '#history-c'; });
+  await inRoom('history-c');
+  await page.context().close();
 });

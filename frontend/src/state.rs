@@ -18,14 +18,21 @@ pub enum Status {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Message(ChatMessage),
-    Notice { key: u64, text: String, ts: u64 },
+    /// A message, and whether this tab sent it: told by what this tab is
+    /// waiting to have answered, not by name (two people, or two tabs, can
+    /// share one). History from before this page is told by name.
+    Message(ChatMessage, bool),
+    Notice {
+        key: u64,
+        text: String,
+        ts: u64,
+    },
 }
 
 impl Entry {
     pub fn key(&self) -> String {
         match self {
-            Self::Message(message) => message.id.clone(),
+            Self::Message(message, _) => message.id.clone(),
             Self::Notice { key, .. } => format!("notice-{key}"),
         }
     }
@@ -63,6 +70,10 @@ pub struct ChatState {
     pending: StoredValue<Vec<Pending>>,
     /// Messages for the room being joined that came before its `joined`.
     early: StoredValue<Vec<ChatMessage>>,
+    /// Ids of the messages this tab sent (since the page loaded).
+    sent: StoredValue<HashSet<String>>,
+    /// When the page loaded (ms).
+    loaded_at: u64,
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -99,6 +110,8 @@ impl ChatState {
             notices: StoredValue::new(0),
             pending: StoredValue::new(Vec::new()),
             early: StoredValue::new(Vec::new()),
+            sent: StoredValue::new(HashSet::new()),
+            loaded_at: crate::browser::now_ms(),
         }
     }
 
@@ -126,7 +139,10 @@ impl ChatState {
                 // After a reconnect this fills in what was missed; what was
                 // already shown is skipped by id.
                 for HistoryEntry::Message(message) in history {
-                    self.add_message(message);
+                    // Before this page, only the name can tell.
+                    let mine = self.sent.with_value(|sent| sent.contains(&message.id))
+                        || (message.ts < self.loaded_at && self.is_mine(&message));
+                    self.add_message(message, mine);
                 }
                 for message in self
                     .early
@@ -134,20 +150,31 @@ impl ChatState {
                     .unwrap_or_default()
                 {
                     if self.is_current_room(&message.room) {
-                        self.add_message(message);
+                        let mine = self.sent.with_value(|sent| sent.contains(&message.id));
+                        self.add_message(message, mine);
                     }
                 }
             }
             ServerFrame::Message(message) => {
-                if self.is_mine(&message) {
-                    self.unanswered.update_value(|unanswered| {
-                        if let Some(at) = unanswered.iter().position(|d| *d == message.data) {
-                            unanswered.remove(at);
-                        }
+                let answered = self.is_mine(&message)
+                    && self
+                        .unanswered
+                        .try_update_value(|unanswered| {
+                            let at = unanswered.iter().position(|d| *d == message.data)?;
+                            unanswered.remove(at)
+                        })
+                        .flatten()
+                        .is_some();
+                if answered {
+                    self.sent.update_value(|sent| {
+                        sent.insert(message.id.clone());
                     });
+                    // A message of ours went through: an older error no
+                    // longer applies.
+                    self.error.set(None);
                 }
                 if self.is_current_room(&message.room) {
-                    self.add_message(message);
+                    self.add_message(message, answered);
                 } else if self.is_joining(&message.room) {
                     // The server may fan a message out to a joiner before
                     // its `joined`; it is merged in by id once that comes.
@@ -289,7 +316,8 @@ impl ChatState {
         });
     }
 
-    /// A message this tab (or another of the same name) sent.
+    /// A message sent under this tab's name (by it, another tab, or
+    /// someone else of the same name).
     fn is_mine(&self, message: &ChatMessage) -> bool {
         self.joined
             .with_untracked(|j| j.as_ref().is_some_and(|j| j.name == message.name))
@@ -306,13 +334,13 @@ impl ChatState {
             .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room))
     }
 
-    fn add_message(&self, message: ChatMessage) {
+    fn add_message(&self, message: ChatMessage, mine: bool) {
         let fresh = self
             .seen
             .try_update_value(|seen| seen.insert(message.id.clone()))
             .unwrap_or(false);
         if fresh {
-            self.push(Entry::Message(message));
+            self.push(Entry::Message(message, mine));
         }
     }
 

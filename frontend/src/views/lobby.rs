@@ -20,6 +20,12 @@ pub fn Lobby() -> impl IntoView {
             .unwrap_or_else(|| "lobby".into()),
     );
     let problem = RwSignal::new(None::<String>);
+    // A room named in the address while here (Back, an edit) fills the field.
+    Effect::new(move |_| {
+        if let Some(last) = state.last_room.get() {
+            room.set(last);
+        }
+    });
     let joining = move || state.target.with(Option::is_some) && state.joined.with(Option::is_none);
 
     let submit = move |event: SubmitEvent| {
@@ -29,12 +35,21 @@ pub fn Lobby() -> impl IntoView {
         match checked {
             Ok((room, name)) => {
                 problem.set(None);
-                chat.join(room, name);
+                chat.join(room, name, browser::Entry::Push);
             }
             Err(error) => problem.set(Some(error.message)),
         }
     };
     let shown_error = move || problem.get().or_else(|| state.error.get());
+    // Back from a room, the cursor goes where the next room is typed.
+    let room_field = NodeRef::<leptos::html::Input>::new();
+    Effect::new(move |_| {
+        if let Some(field) = room_field.get()
+            && state.last_room.get_untracked().is_some()
+        {
+            let _ = field.focus();
+        }
+    });
 
     view! {
         <main class="lobby">
@@ -44,12 +59,15 @@ pub fn Lobby() -> impl IntoView {
                     <p class="subtitle">"Pick a name and any room. Everyone in the room sees your messages the moment you send them."</p>
                 </header>
                 <label for="name">"Name"</label>
+                // No `maxlength`: it counts UTF-16 units, the limit counts
+                // characters (an emoji is two units); the check on Join says.
                 <input id="name" name="name" autocomplete="nickname" placeholder="Ada"
-                    maxlength=NAME_MAX_CHARS.to_string() required bind:value=name />
+                    required bind:value=name />
+                <p class="hint">{format!("Up to {NAME_MAX_CHARS} characters.")}</p>
                 <label for="room">"Room"</label>
                 <input id="room" name="room" placeholder="lobby" maxlength=ROOM_MAX_LEN.to_string()
                     pattern="[A-Za-z0-9_.:\\-]+" title="Letters, digits, '_', '.', ':' or '-'"
-                    required bind:value=room />
+                    required bind:value=room node_ref=room_field />
                 <p class="hint">"Rooms: letters, digits and _ . : - (up to 64)."</p>
                 <Show when=move || shown_error().is_some()>
                     <p class="error" role="alert">{shown_error}</p>

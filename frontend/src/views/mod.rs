@@ -19,19 +19,56 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn join(&self, room: Room, name: Name) {
+    /// Joins `room`, or switches to it; `entry` says how the address follows.
+    pub fn join(&self, room: Room, name: Name, entry: browser::Entry) {
         browser::remember_name(name.as_str());
-        browser::set_fragment(Some(room.as_str()));
+        browser::set_fragment(Some(room.as_str()), entry);
         self.state.error.set(None);
         self.state.target.set(Some((room.clone(), name.clone())));
         self.outbox.send(ClientFrame::Join { room, name });
     }
 
-    pub fn leave(&self) {
+    /// Back to the lobby; `entry` says how the address follows.
+    pub fn leave(&self, entry: browser::Entry) {
+        self.state.error.set(None);
         self.state.target.set(None);
         self.state.clear_room();
-        browser::set_fragment(None);
+        browser::set_fragment(None, entry);
         self.outbox.send(ClientFrame::Leave);
+    }
+
+    /// The address changed (a link, Back or Forward, an edit): the room
+    /// follows it. The browser has moved already, so nothing is pushed.
+    fn follow_fragment(&self) {
+        let target = self.state.target.get_untracked();
+        let Some(fragment) = browser::room_in_fragment() else {
+            if target.is_some() {
+                self.leave(browser::Entry::Replace);
+            }
+            return;
+        };
+        let room = match Room::parse(&fragment) {
+            Ok(room) => room,
+            Err(error) => {
+                self.state.error.set(Some(format!(
+                    "#{fragment} is not a room: {}",
+                    error.message
+                )));
+                // The address goes back to where the user is.
+                let current = target.as_ref().map(|(room, _)| room.as_str());
+                browser::set_fragment(current, browser::Entry::Replace);
+                return;
+            }
+        };
+        let name = target
+            .map(|(_, name)| name)
+            .or_else(|| browser::remembered_name().and_then(|n| Name::parse(&n).ok()));
+        match (self.state.target.get_untracked(), name) {
+            (Some((current, _)), _) if current == room => {}
+            (_, Some(name)) => self.join(room, name, browser::Entry::Replace),
+            // No name yet: the lobby shows the room, to join once named.
+            (_, None) => self.state.last_room.set(Some(room.as_str().to_owned())),
+        }
     }
 }
 
@@ -49,22 +86,15 @@ pub fn App() -> impl IntoView {
         browser::room_in_fragment().and_then(|r| Room::parse(&r).ok()),
         browser::remembered_name().and_then(|n| Name::parse(&n).ok()),
     ) {
-        chat.join(room, name);
+        chat.join(room, name, browser::Entry::Replace);
     }
 
-    // Following a link to another room while in one switches rooms.
-    let on_hash_change = chat.clone();
-    let _ = window_event_listener(leptos::ev::hashchange, move |_| {
-        let Some(room) = browser::room_in_fragment().and_then(|r| Room::parse(&r).ok()) else {
-            return;
-        };
-        let current = on_hash_change.state.target.get_untracked();
-        if let Some((current_room, name)) = current
-            && current_room != room
-        {
-            on_hash_change.join(room, name);
-        }
-    });
+    // The room follows the address, both ways: links, Back and Forward,
+    // edits of the fragment.
+    let follow = chat.clone();
+    let _ = window_event_listener(leptos::ev::popstate, move |_| follow.follow_fragment());
+    let follow = chat.clone();
+    let _ = window_event_listener(leptos::ev::hashchange, move |_| follow.follow_fragment());
 
     view! {
         <div class="app">
@@ -83,10 +113,16 @@ pub fn App() -> impl IntoView {
 pub fn ConnectionStatus() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let status = chat.state.status;
+    // Only the state is announced; the countdown beside it is not, or a
+    // screen reader would read it out every second.
     let label = move || match status.get() {
-        Status::Connecting => "Connecting…".to_owned(),
-        Status::Online => "Connected".to_owned(),
-        Status::Offline(seconds) => format!("Offline, retrying in {seconds}s"),
+        Status::Connecting => "Connecting…",
+        Status::Online => "Connected",
+        Status::Offline(_) => "Offline",
+    };
+    let retry = move || match status.get() {
+        Status::Offline(seconds) => Some(format!(", retrying in {seconds}s")),
+        _ => None,
     };
     let class = move || match status.get() {
         Status::Online => "status online",
@@ -94,9 +130,10 @@ pub fn ConnectionStatus() -> impl IntoView {
         Status::Offline(_) => "status offline",
     };
     view! {
-        <span class=class role="status" aria-live="polite" data-testid="connection-status">
+        <span class=class data-testid="connection-status">
             <span class="dot" aria-hidden="true"></span>
-            {label}
+            <span role="status" aria-live="polite">{label}</span>
+            <span class="retry" aria-hidden="true">{retry}</span>
         </span>
     }
 }

@@ -21,7 +21,7 @@ pub fn RoomView() -> impl IntoView {
             .joined
             .with(|j| j.as_ref().map(|j| j.name.clone()).unwrap_or_default())
     };
-    let leave = move |_| chat.leave();
+    let leave = move |_| chat.leave(crate::browser::Entry::Push);
 
     view! {
         <div class="room">
@@ -29,7 +29,7 @@ pub fn RoomView() -> impl IntoView {
                 <div class="title">
                     <span class="hash" aria-hidden="true">"#"</span>
                     <h1>{room}</h1>
-                    <span class="you">"as " <strong>{me}</strong></span>
+                    <span class="you" title=me>"as " <strong>{me}</strong></span>
                 </div>
                 <div class="actions">
                     <ConnectionStatus />
@@ -51,31 +51,60 @@ pub fn RoomView() -> impl IntoView {
 fn MessageLog() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    let me = move || state.joined.with(|j| j.as_ref().map(|j| j.name.clone()));
     let log_ref = NodeRef::<html::Ol>::new();
-
-    // Keep the newest message in view.
-    Effect::new(move |_| {
-        state.log.track();
-        if let Some(log) = log_ref.get() {
+    // Whether the reader is at the newest message; new ones keep it there,
+    // but never pull a reader away from older ones.
+    let at_bottom = StoredValue::new(true);
+    let unseen = RwSignal::new(0usize);
+    let seen_len = StoredValue::new(0usize);
+    let to_bottom = move || {
+        if let Some(log) = log_ref.get_untracked() {
             log.set_scroll_top(log.scroll_height());
         }
+        unseen.set(0);
+    };
+    Effect::new(move |_| {
+        let len = state.log.with(Vec::len);
+        let added = len.saturating_sub(seen_len.get_value());
+        seen_len.set_value(len);
+        if at_bottom.get_value() {
+            to_bottom();
+        } else if added > 0 {
+            unseen.update(|n| *n += added);
+        }
     });
+    let on_scroll = move |_| {
+        if let Some(log) = log_ref.get_untracked() {
+            let near = log.scroll_height() - log.scroll_top() - log.client_height() < 48;
+            at_bottom.set_value(near);
+            if near {
+                unseen.set(0);
+            }
+        }
+    };
 
     view! {
-        <ol class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref>
+        <Show when=move || unseen.get() != 0>
+            <button type="button" class="jump" on:click=move |_| to_bottom()>
+                {move || match unseen.get() {
+                    1 => "↓ 1 new message".to_owned(),
+                    n => format!("↓ {n} new messages"),
+                }}
+            </button>
+        </Show>
+        <ol class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref
+            on:scroll=on_scroll>
             <Show when=move || state.log.with(Vec::is_empty)>
                 <li class="empty">"No messages yet. Say hello!"</li>
             </Show>
             <For each=move || state.log.get() key=Entry::key let:entry>
                 {match entry {
-                    Entry::Message(message) => {
-                        let mine = me().as_deref() == Some(message.name.as_str());
+                    Entry::Message(message, mine) => {
                         view! {
                             <li class="message" class:mine=mine>
                                 <div class="meta">
                                     <span class="author">{message.name.clone()}</span>
-                                    <time>{browser::clock_time(message.ts)}</time>
+                                    <time datetime=browser::iso_time(message.ts)>{browser::clock_time(message.ts)}</time>
                                 </div>
                                 <p class="text">{message.data.clone()}</p>
                             </li>
@@ -85,7 +114,7 @@ fn MessageLog() -> impl IntoView {
                         <li class="notice">
                             <span>{text}</span>
                             " "
-                            <time>{browser::clock_time(ts)}</time>
+                            <time datetime=browser::iso_time(ts)>{browser::clock_time(ts)}</time>
                         </li>
                     }.into_any(),
                 }}
@@ -101,6 +130,26 @@ fn Composer() -> impl IntoView {
     let draft = state.draft;
     let online = move || state.status.get() == Status::Online;
     let too_long = move || draft.with(|d| d.len() > DATA_MAX_BYTES);
+    // Bytes, as the limit counts them; shown once a message nears it.
+    let counter = move || {
+        let used = draft.with(String::len);
+        (used > DATA_MAX_BYTES * 9 / 10).then(|| {
+            if used > DATA_MAX_BYTES {
+                format!(
+                    "Too long: {used} of {DATA_MAX_BYTES} bytes (accents and emoji take 2 to 4 bytes each)"
+                )
+            } else {
+                format!("{used} of {DATA_MAX_BYTES} bytes")
+            }
+        })
+    };
+    let field = NodeRef::<html::Input>::new();
+    // Joining puts the cursor where the typing happens.
+    Effect::new(move |_| {
+        if let Some(field) = field.get() {
+            let _ = field.focus();
+        }
+    });
 
     let send = move |event: SubmitEvent| {
         event.prevent_default();
@@ -127,8 +176,12 @@ fn Composer() -> impl IntoView {
             </Show>
             <label for="message" class="visually-hidden">"Message"</label>
             <input id="message" name="message" autocomplete="off" placeholder="Write a message…"
-                bind:value=draft aria-invalid=move || too_long().to_string() />
+                bind:value=draft aria-invalid=move || too_long().to_string()
+                aria-describedby="message-counter" node_ref=field />
             <button type="submit" disabled=move || !online() || too_long()>"Send"</button>
+            <p id="message-counter" class="counter" class:over=too_long aria-live="polite">
+                {counter}
+            </p>
         </form>
     }
 }
@@ -137,26 +190,33 @@ fn Composer() -> impl IntoView {
 fn MemberList() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    // A name on several connections (two tabs, or a reconnect whose old
-    // connection the server has not let go yet) is one person here.
+    // A name on several connections (two tabs, two people, or a reconnect
+    // whose old connection the server has not let go yet) is listed once,
+    // with how many there are.
     let distinct = Memo::new(move |_| {
         let mut members = state.members.get();
         members.sort_by(|a, b| a.to_lowercase().cmp(&b.to_lowercase()).then(a.cmp(b)));
-        members.dedup();
-        members
+        let mut counted: Vec<(String, usize)> = Vec::new();
+        for name in members {
+            match counted.last_mut() {
+                Some((last, n)) if *last == name => *n += 1,
+                _ => counted.push((name, 1)),
+            }
+        }
+        counted
     });
-    let count = move || {
-        let repeated = state.members.with(Vec::len) - distinct.with(Vec::len);
-        state.count.get().saturating_sub(repeated)
-    };
+    let count = move || state.count.get();
     view! {
         <aside class="members">
             <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
             <ul aria-label="Members">
-                <For each=move || distinct.get() key=String::clone let:name>
+                <For each=move || distinct.get() key=|entry| entry.clone() let:member>
                     <li>
-                        <span class="avatar" aria-hidden="true">{initial(&name)}</span>
-                        <span class="member-name">{name.clone()}</span>
+                        <span class="avatar" aria-hidden="true">{initial(&member.0)}</span>
+                        <span class="member-name" title=member.0.clone()>{member.0.clone()}</span>
+                        {(member.1 > 1).then(|| view! {
+                            <span class="times" title="connected more than once">{format!("×{}", member.1)}</span>
+                        })}
                     </li>
                 </For>
             </ul>
