@@ -506,3 +506,31 @@ test('the address and the room follow each other: Back, Forward, edits and Leave
   await inRoom('history-c');
   await page.context().close();
 });
+
+test('a hidden tab counts new messages in its title; the page says when it is still loading', async () => {
+  const page = await openAs('Tia', 'title-room');
+  assert.equal(await page.locator('#loading').count(), 0, 'the loading note is gone once the app is up');
+  await page.waitForFunction(() => document.title === '#title-room · Chat rooms', null, WAIT);
+  const setHidden = (hidden) => page.evaluate((hidden) => {
+    Object.defineProperty(document, 'hidden', { value: hidden, configurable: true });
+    document.dispatchEvent(new Event('visibilitychange', { bubbles: true }));
+  }, hidden);
+  await setHidden(true);
+  await postAs('Uma', 'title-room', ['one', 'two']);
+  await page.waitForFunction(() => document.title === '(2) #title-room · Chat rooms', null, WAIT);
+  await setHidden(false);
+  await page.waitForFunction(() => document.title === '#title-room · Chat rooms', null, WAIT);
+  await page.context().close();
+
+  // Without its WebAssembly the page explains itself instead of staying blank.
+  const context = await browser.newContext();
+  const broken = await context.newPage();
+  await broken.route(/\.wasm$/, (route) => route.abort());
+  await broken.goto(base);
+  await broken.getByText('Loading the chat…').waitFor(WAIT);
+  const hint = broken.getByText(/This chat needs WebAssembly/);
+  await broken.waitForFunction(
+    () => getComputedStyle(document.querySelector('#loading .slow')).opacity === '1', null, { timeout: 20_000 });
+  assert.equal(await hint.isVisible(), true);
+  await context.close();
+});

@@ -106,6 +106,20 @@ pub fn iso_time(ts_ms: u64) -> String {
         .into()
 }
 
+/// Whether the page is out of sight (another tab, a minimized window).
+pub fn tab_hidden() -> bool {
+    window()
+        .document()
+        .is_some_and(|document| document.hidden())
+}
+
+/// The tab's title.
+pub fn set_title(title: &str) {
+    if let Some(document) = window().document() {
+        document.set_title(title);
+    }
+}
+
 pub fn now_ms() -> u64 {
     js_sys::Date::now() as u64
 }

@@ -13,4 +13,11 @@ mod views;
 
 fn main() {
     leptos::mount::mount_to_body(views::App);
+    // The app is up: the loading note in index.html goes.
+    if let Some(loading) = web_sys::window()
+        .and_then(|window| window.document())
+        .and_then(|document| document.get_element_by_id("loading"))
+    {
+        loading.remove();
+    }
 }

@@ -60,6 +60,8 @@ pub struct ChatState {
     pub error: RwSignal<Option<String>>,
     /// What the composer holds.
     pub draft: RwSignal<String>,
+    /// Messages that came while the tab was hidden (shown in its title).
+    pub unread: RwSignal<usize>,
     /// Messages sent and not yet answered, oldest first: the server answers
     /// each, in order, with the message itself or an error, and one refused
     /// for coming too fast goes back to the composer.
@@ -105,6 +107,7 @@ impl ChatState {
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
+            unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
             seen: StoredValue::new(HashSet::new()),
             notices: StoredValue::new(0),
@@ -340,6 +343,9 @@ impl ChatState {
             .try_update_value(|seen| seen.insert(message.id.clone()))
             .unwrap_or(false);
         if fresh {
+            if !mine && crate::browser::tab_hidden() {
+                self.unread.update(|n| *n += 1);
+            }
             self.push(Entry::Message(message, mine));
         }
     }

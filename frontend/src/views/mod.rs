@@ -96,6 +96,23 @@ pub fn App() -> impl IntoView {
     let follow = chat.clone();
     let _ = window_event_listener(leptos::ev::hashchange, move |_| follow.follow_fragment());
 
+    // The title names the room, and counts what came while the tab was
+    // hidden; looking at it again clears the count.
+    let _ = window_event_listener(leptos::ev::visibilitychange, move |_| {
+        if !browser::tab_hidden() {
+            state.unread.set(0);
+        }
+    });
+    Effect::new(move |_| {
+        let room = state.joined.with(|j| j.as_ref().map(|j| j.room.clone()));
+        let title = match (room, state.unread.get()) {
+            (None, _) => "Chat rooms".to_owned(),
+            (Some(room), 0) => format!("#{room} · Chat rooms"),
+            (Some(room), unread) => format!("({unread}) #{room} · Chat rooms"),
+        };
+        browser::set_title(&title);
+    });
+
     view! {
         <div class="app">
             <Show
