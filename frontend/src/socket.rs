@@ -13,7 +13,7 @@ use shared::{ClientFrame, ServerFrame};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::state::{ChatState, Status};
+use crate::state::{ChatState, Followup, Status};
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(15);
@@ -33,17 +33,21 @@ impl Outbox {
 /// Starts the connection loop for the life of the page.
 pub fn connect(state: ChatState) -> Outbox {
     let (outbox, queue) = unbounded();
-    spawn_local(run(state, queue));
-    Outbox(outbox)
+    let outbox = Outbox(outbox);
+    spawn_local(run(state, queue, outbox.clone()));
+    outbox
 }
 
-async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>) {
+/// A join the server failed is sent again after this long.
+const JOIN_RETRY: Duration = Duration::from_secs(3);
+
+async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>, outbox: Outbox) {
     let settings = settings().await;
     let mut failures = 0u32;
     loop {
         state.status.set(Status::Connecting);
         if let Ok(socket) = WebSocket::open(&settings.websocket_url)
-            && session(&state, socket, &mut queue, settings.heartbeat).await
+            && session(&state, socket, &mut queue, settings.heartbeat, &outbox).await
         {
             failures = 0;
         }
@@ -70,6 +74,7 @@ async fn session(
     socket: WebSocket,
     queue: &mut UnboundedReceiver<ClientFrame>,
     heartbeat: Duration,
+    outbox: &Outbox,
 ) -> bool {
     let (mut write, read) = socket.split();
     let mut read = read.fuse();
@@ -79,18 +84,25 @@ async fn session(
     }
     state.status.set(Status::Online);
     // What was queued while offline is stale by now, and nothing sent on
-    // the old socket will be answered on this one.
+    // the old socket will be answered on this one: the oldest unanswered
+    // text goes back to the composer, to be sent again.
     while queue.try_recv().is_ok() {}
-    state
+    if let Some(unsent) = state
         .unanswered
-        .update_value(std::collections::VecDeque::clear);
-    if let Some((room, name)) = state.target.get_untracked()
-        && write
+        .try_update_value(|unanswered| std::mem::take(unanswered).pop_front())
+        .flatten()
+    {
+        state.restore_draft(unsent);
+    }
+    if let Some((room, name)) = state.target.get_untracked() {
+        state.joining(&room);
+        if write
             .send(text(&ClientFrame::Join { room, name }))
             .await
             .is_err()
-    {
-        return true;
+        {
+            return true;
+        }
     }
     let mut last_sent = js_sys::Date::now();
     loop {
@@ -114,7 +126,11 @@ async fn session(
             },
             incoming = read.next() => match incoming {
                 Some(Ok(Message::Text(body))) => match ServerFrame::parse(&body) {
-                    Ok(frame) => state.apply(frame),
+                    Ok(frame) => {
+                        if state.apply(frame) == Followup::RetryJoin {
+                            retry_join(*state, outbox.clone());
+                        }
+                    }
                     Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),
                 },
                 Some(Ok(Message::Bytes(_))) => {}
@@ -122,6 +138,17 @@ async fn session(
             },
         }
     }
+}
+
+/// Sends the target room's `join` again in a moment, if there still is one.
+fn retry_join(state: ChatState, outbox: Outbox) {
+    spawn_local(async move {
+        gloo_timers::future::sleep(JOIN_RETRY).await;
+        if let Some((room, name)) = state.target.get_untracked() {
+            state.joining(&room);
+            outbox.send(ClientFrame::Join { room, name });
+        }
+    });
 }
 
 fn text(frame: &ClientFrame) -> Message {

@@ -76,6 +76,19 @@ pub struct ChatState {
     sent: StoredValue<HashSet<String>>,
     /// When the page loaded (ms).
     loaded_at: u64,
+    /// The room a `join` was sent for and not yet answered.
+    in_flight: StoredValue<Option<String>>,
+    /// Whether the log should follow new entries: the reader is at the
+    /// newest, or has just sent something.
+    pub follow: StoredValue<bool>,
+}
+
+/// What the socket should do after a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Followup {
+    Nothing,
+    /// Send the `join` for the target room again, after a pause.
+    RetryJoin,
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -115,10 +128,18 @@ impl ChatState {
             early: StoredValue::new(Vec::new()),
             sent: StoredValue::new(HashSet::new()),
             loaded_at: crate::browser::now_ms(),
+            in_flight: StoredValue::new(None),
+            follow: StoredValue::new(true),
         }
     }
 
-    pub fn apply(&self, frame: ServerFrame) {
+    /// Notes that a `join` for `room` is being sent.
+    pub fn joining(&self, room: &Room) {
+        self.in_flight.set_value(Some(room.as_str().to_owned()));
+    }
+
+    /// Applies one server frame; what the socket should do about it.
+    pub fn apply(&self, frame: ServerFrame) -> Followup {
         match frame {
             ServerFrame::Joined {
                 room,
@@ -127,6 +148,12 @@ impl ChatState {
                 count,
                 history,
             } => {
+                self.in_flight.set_value(None);
+                // A late answer to a join the user has moved on from (Back
+                // while joining, another room meanwhile).
+                if !self.is_joining(&room) {
+                    return Followup::Nothing;
+                }
                 let same_room = self
                     .joined
                     .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room));
@@ -134,7 +161,10 @@ impl ChatState {
                     self.log.set(Vec::new());
                     self.seen.update_value(HashSet::clear);
                     self.pending.update_value(Vec::clear);
+                    self.follow.set_value(true);
                 }
+                // The address names the room once the server has it in it.
+                crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
                 self.joined.set(Some(Membership { room, name }));
                 self.members.set(members);
                 self.count.set(count);
@@ -177,6 +207,9 @@ impl ChatState {
                     self.error.set(None);
                 }
                 if self.is_current_room(&message.room) {
+                    if !answered && crate::browser::tab_hidden() {
+                        self.unread.update(|n| *n += 1);
+                    }
                     self.add_message(message, answered);
                 } else if self.is_joining(&message.room) {
                     // The server may fan a message out to a joiner before
@@ -191,7 +224,7 @@ impl ChatState {
                 count,
             } => {
                 if !self.is_current_room(&room) {
-                    return;
+                    return Followup::Nothing;
                 }
                 let already_here = self.members.with_untracked(|m| m.contains(&name));
                 self.members.update(|members| match event {
@@ -211,30 +244,74 @@ impl ChatState {
                 }
             }
             ServerFrame::Error { code, message } => {
-                if matches!(code, ErrorCode::InvalidRoom | ErrorCode::InvalidName) {
-                    self.target.set(None);
+                self.error.set(Some(message));
+                let current = self.joined.get_untracked();
+                if let Some(failed) = self.in_flight.try_update_value(Option::take).flatten() {
+                    return self.join_failed(&failed, current, code);
                 }
-                // A join that failed leaves the user where they were, not
-                // waiting for a `joined` that will not come.
-                if self.joined.with_untracked(Option::is_none) {
-                    self.target.set(None);
-                    self.early.update_value(Vec::clear);
-                }
+                // An answer to a send: the oldest one waiting.
                 if matches!(
                     code,
-                    ErrorCode::RateLimited | ErrorCode::TooLarge | ErrorCode::BadRequest
+                    ErrorCode::RateLimited
+                        | ErrorCode::TooLarge
+                        | ErrorCode::BadRequest
+                        | ErrorCode::Internal
+                        | ErrorCode::NotInRoom
                 ) && let Some(refused) = self
                     .unanswered
                     .try_update_value(|unanswered| unanswered.pop_front())
                     .flatten()
                     && code == ErrorCode::RateLimited
-                    && self.draft.with_untracked(String::is_empty)
                 {
-                    self.draft.set(refused);
+                    self.restore_draft(refused);
                 }
-                self.error.set(Some(message));
+                // The server has lost this tab's membership (a store
+                // outage, a record expired): join again.
+                if code == ErrorCode::NotInRoom && current.is_some() {
+                    return Followup::RetryJoin;
+                }
             }
             ServerFrame::Pong => {}
+        }
+        Followup::Nothing
+    }
+
+    /// A `join` for `room` was answered with an error.
+    fn join_failed(&self, room: &str, current: Option<Membership>, code: ErrorCode) -> Followup {
+        match current {
+            // From the lobby: back to a usable lobby, not "Joining…".
+            None => {
+                self.target.set(None);
+                self.early.update_value(Vec::clear);
+                Followup::Nothing
+            }
+            // The rejoin after a reconnect: the user is still in that room,
+            // so it is tried again (the error stays shown meanwhile).
+            Some(current)
+                if current.room == room
+                    && !matches!(code, ErrorCode::InvalidRoom | ErrorCode::InvalidName) =>
+            {
+                Followup::RetryJoin
+            }
+            // A switch that failed: stay where the server has the user.
+            Some(current) => {
+                let name = self
+                    .target
+                    .with_untracked(|t| t.as_ref().map(|(_, n)| n.clone()));
+                let back = Room::parse(&current.room).ok().zip(name);
+                self.target.set(back);
+                self.early.update_value(Vec::clear);
+                crate::browser::set_fragment(Some(&current.room), crate::browser::Entry::Replace);
+                Followup::Nothing
+            }
+        }
+    }
+
+    /// Puts a text that was not sent back in the composer, unless the user
+    /// is typing something else.
+    pub fn restore_draft(&self, text: String) {
+        if self.draft.with_untracked(String::is_empty) {
+            self.draft.set(text);
         }
     }
 
@@ -270,7 +347,8 @@ impl ChatState {
             })
         });
         let state = *self;
-        gloo_timers::callback::Timeout::new(RECONNECT_GRACE_MS, move || {
+        leptos::task::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(RECONNECT_GRACE_MS).await;
             let Some(pending) = state
                 .pending
                 .try_update_value(|p| p.iter().position(|p| p.key == key).map(|at| p.remove(at)))
@@ -292,8 +370,7 @@ impl ChatState {
                     ts: pending.ts,
                 });
             }
-        })
-        .forget();
+        });
     }
 
     pub fn clear_room(&self) {
@@ -343,9 +420,6 @@ impl ChatState {
             .try_update_value(|seen| seen.insert(message.id.clone()))
             .unwrap_or(false);
         if fresh {
-            if !mine && crate::browser::tab_hidden() {
-                self.unread.update(|n| *n += 1);
-            }
             self.push(Entry::Message(message, mine));
         }
     }

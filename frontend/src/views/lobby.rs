@@ -35,7 +35,7 @@ pub fn Lobby() -> impl IntoView {
         match checked {
             Ok((room, name)) => {
                 problem.set(None);
-                chat.join(room, name, browser::Entry::Push);
+                chat.join(room, name);
             }
             Err(error) => problem.set(Some(error.message)),
         }

@@ -19,12 +19,13 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// Joins `room`, or switches to it; `entry` says how the address follows.
-    pub fn join(&self, room: Room, name: Name, entry: browser::Entry) {
+    /// Joins `room`, or switches to it. The address names it once the
+    /// server confirms (a join from the address finds it there already).
+    pub fn join(&self, room: Room, name: Name) {
         browser::remember_name(name.as_str());
-        browser::set_fragment(Some(room.as_str()), entry);
         self.state.error.set(None);
         self.state.target.set(Some((room.clone(), name.clone())));
+        self.state.joining(&room);
         self.outbox.send(ClientFrame::Join { room, name });
     }
 
@@ -65,7 +66,7 @@ impl Chat {
             .or_else(|| browser::remembered_name().and_then(|n| Name::parse(&n).ok()));
         match (self.state.target.get_untracked(), name) {
             (Some((current, _)), _) if current == room => {}
-            (_, Some(name)) => self.join(room, name, browser::Entry::Replace),
+            (_, Some(name)) => self.join(room, name),
             // No name yet: the lobby shows the room, to join once named.
             (_, None) => self.state.last_room.set(Some(room.as_str().to_owned())),
         }
@@ -86,7 +87,7 @@ pub fn App() -> impl IntoView {
         browser::room_in_fragment().and_then(|r| Room::parse(&r).ok()),
         browser::remembered_name().and_then(|n| Name::parse(&n).ok()),
     ) {
-        chat.join(room, name, browser::Entry::Replace);
+        chat.join(room, name);
     }
 
     // The room follows the address, both ways: links, Back and Forward,
@@ -132,11 +133,14 @@ pub fn ConnectionStatus() -> impl IntoView {
     let status = chat.state.status;
     // Only the state is announced; the countdown beside it is not, or a
     // screen reader would read it out every second.
-    let label = move || match status.get() {
-        Status::Connecting => "Connecting…",
+    // A retry after going offline is still "Offline": only coming back is
+    // news.
+    let label = Memo::new(move |previous: Option<&&str>| match status.get() {
         Status::Online => "Connected",
         Status::Offline(_) => "Offline",
-    };
+        Status::Connecting if previous == Some(&"Offline") => "Offline",
+        Status::Connecting => "Connecting…",
+    });
     let retry = move || match status.get() {
         Status::Offline(seconds) => Some(format!(", retrying in {seconds}s")),
         _ => None,

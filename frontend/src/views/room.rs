@@ -52,31 +52,43 @@ fn MessageLog() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     let log_ref = NodeRef::<html::Ol>::new();
-    // Whether the reader is at the newest message; new ones keep it there,
-    // but never pull a reader away from older ones.
-    let at_bottom = StoredValue::new(true);
+    // New entries keep a reader who is at the newest one there (or who has
+    // just sent something), but never pull one away from older ones: they
+    // are counted on a button instead.
     let unseen = RwSignal::new(0usize);
-    let seen_len = StoredValue::new(0usize);
+    let last_key = StoredValue::new(None::<String>);
     let to_bottom = move || {
         if let Some(log) = log_ref.get_untracked() {
             log.set_scroll_top(log.scroll_height());
         }
+        state.follow.set_value(true);
         unseen.set(0);
     };
     Effect::new(move |_| {
-        let len = state.log.with(Vec::len);
-        let added = len.saturating_sub(seen_len.get_value());
-        seen_len.set_value(len);
-        if at_bottom.get_value() {
+        // Messages after the last entry seen (by key: the log is trimmed
+        // at its limit, so its length stops telling).
+        let new_messages = state.log.with(|log| {
+            let seen = last_key.with_value(|key| {
+                key.as_ref()
+                    .and_then(|key| log.iter().rposition(|entry| entry.key() == *key))
+            });
+            last_key.set_value(log.last().map(Entry::key));
+            let after = seen.map_or(0, |at| at + 1);
+            log[after.min(log.len())..]
+                .iter()
+                .filter(|entry| matches!(entry, Entry::Message(..)))
+                .count()
+        });
+        if state.follow.get_value() {
             to_bottom();
-        } else if added > 0 {
-            unseen.update(|n| *n += added);
+        } else {
+            unseen.update(|n| *n += new_messages);
         }
     });
     let on_scroll = move |_| {
         if let Some(log) = log_ref.get_untracked() {
             let near = log.scroll_height() - log.scroll_top() - log.client_height() < 48;
-            at_bottom.set_value(near);
+            state.follow.set_value(near);
             if near {
                 unseen.set(0);
             }
@@ -84,6 +96,7 @@ fn MessageLog() -> impl IntoView {
     };
 
     view! {
+        <div class="log-frame">
         <Show when=move || unseen.get() != 0>
             <button type="button" class="jump" on:click=move |_| to_bottom()>
                 {move || match unseen.get() {
@@ -120,6 +133,7 @@ fn MessageLog() -> impl IntoView {
                 }}
             </For>
         </ol>
+        </div>
     }
 }
 
@@ -162,6 +176,8 @@ fn Composer() -> impl IntoView {
                 state
                     .unanswered
                     .update_value(|unanswered| unanswered.push_back(data.clone()));
+                // One's own message is worth seeing arrive.
+                state.follow.set_value(true);
                 chat.outbox.send(ClientFrame::SendMessage { data });
                 draft.set(String::new());
             }
@@ -179,7 +195,7 @@ fn Composer() -> impl IntoView {
                 bind:value=draft aria-invalid=move || too_long().to_string()
                 aria-describedby="message-counter" node_ref=field />
             <button type="submit" disabled=move || !online() || too_long()>"Send"</button>
-            <p id="message-counter" class="counter" class:over=too_long aria-live="polite">
+            <p id="message-counter" class="counter" class:over=too_long>
                 {counter}
             </p>
         </form>
