@@ -576,3 +576,39 @@ test('a rejoin the server fails after a reconnect is tried again', async () => {
   await log(page).getByText('back again', { exact: true }).waitFor(WAIT);
   await context.close();
 });
+
+test('multi-line messages, links, grouping, day headings and recent rooms', async () => {
+  const page = await openAs('Lin', 'features-room');
+  // Shift+Enter makes a new line; Enter sends.
+  await messageField(page).type('line one');
+  await messageField(page).press('Shift+Enter');
+  await messageField(page).type('line two');
+  await messageField(page).press('Enter');
+  const multi = log(page).locator('.message .text', { hasText: 'line one' });
+  await multi.waitFor(WAIT);
+  assert.equal(await multi.evaluate((el) => el.innerText), 'line one\nline two');
+
+  // Addresses become links, built as elements; punctuation stays outside.
+  await messageField(page).fill('see https://example.com/a?b=1. <i>not markup</i>');
+  await messageField(page).press('Enter');
+  const link = log(page).locator('a[href="https://example.com/a?b=1"]');
+  await link.waitFor(WAIT);
+  assert.equal(await link.getAttribute('rel'), 'noopener noreferrer');
+  assert.equal(await link.getAttribute('target'), '_blank');
+  assert.equal(await log(page).locator('.message i').count(), 0);
+
+  // The second message of a run shows no name again; the day has a heading.
+  const second = log(page).locator('.message', { hasText: 'see https' });
+  assert.match(await second.getAttribute('class'), /\bgrouped\b/);
+  assert.doesNotMatch(await log(page).locator('.message', { hasText: 'line one' }).getAttribute('class'), /\bgrouped\b/);
+  await log(page).getByRole('separator').getByText('Today').waitFor(WAIT);
+
+  // The lobby offers the rooms visited lately.
+  await page.getByRole('button', { name: 'Leave' }).click();
+  const recent = page.getByRole('navigation', { name: 'Recently visited' });
+  await recent.getByRole('button', { name: '#features-room' }).waitFor(WAIT);
+  await page.getByLabel('Room').fill('elsewhere');
+  await recent.getByRole('button', { name: '#features-room' }).click();
+  assert.equal(await page.getByLabel('Room').inputValue(), 'features-room');
+  await page.context().close();
+});

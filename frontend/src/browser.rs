@@ -49,6 +49,38 @@ pub fn set_fragment(room: Option<&str>, entry: Entry) {
     };
 }
 
+const ROOMS_KEY: &str = "chat.rooms";
+/// How many recently visited rooms the lobby offers.
+const RECENT_ROOMS: usize = 5;
+
+/// The rooms visited last, most recent first.
+pub fn recent_rooms() -> Vec<String> {
+    window()
+        .local_storage()
+        .ok()
+        .flatten()
+        .and_then(|storage| storage.get_item(ROOMS_KEY).ok().flatten())
+        .map(|list| {
+            list.split(' ')
+                .filter(|room| !room.is_empty())
+                .take(RECENT_ROOMS)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Puts `room` first among the recent ones (room names have no spaces).
+pub fn remember_room(room: &str) {
+    let mut rooms = recent_rooms();
+    rooms.retain(|r| r != room);
+    rooms.insert(0, room.to_owned());
+    rooms.truncate(RECENT_ROOMS);
+    if let Ok(Some(storage)) = window().local_storage() {
+        let _ = storage.set_item(ROOMS_KEY, &rooms.join(" "));
+    }
+}
+
 pub fn remembered_name() -> Option<String> {
     window().local_storage().ok()??.get_item(NAME_KEY).ok()?
 }
@@ -70,33 +102,61 @@ pub fn default_websocket_url() -> String {
     format!("{scheme}://{}/ws", location.host().unwrap_or_default())
 }
 
+const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
 /// `HH:MM` in the browser's time zone, after the day for a time not today
 /// (`Mon 24 Nov, 14:05`; history reaches back 30 days).
 pub fn clock_time(ts_ms: u64) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let date = js_sys::Date::new(&JsValue::from_f64(ts_ms as f64));
+    let date = date(ts_ms);
     let time = format!("{:02}:{:02}", date.get_hours(), date.get_minutes());
-    let today = js_sys::Date::new_0();
-    let same_day = date.get_full_year() == today.get_full_year()
-        && date.get_month() == today.get_month()
-        && date.get_date() == today.get_date();
-    if same_day {
-        return time;
-    }
-    let day = format!(
-        "{} {} {}",
-        DAYS[date.get_day() as usize % 7],
-        date.get_date(),
-        MONTHS[date.get_month() as usize % 12]
-    );
-    if date.get_full_year() == today.get_full_year() {
-        format!("{day}, {time}")
+    if same_day(ts_ms, now_ms()) {
+        time
     } else {
-        format!("{day} {}, {time}", date.get_full_year())
+        format!("{}, {time}", day_name(ts_ms))
     }
+}
+
+/// Whether two instants fall on the same day where the browser is.
+pub fn same_day(a_ms: u64, b_ms: u64) -> bool {
+    let (a, b) = (date(a_ms), date(b_ms));
+    a.get_full_year() == b.get_full_year()
+        && a.get_month() == b.get_month()
+        && a.get_date() == b.get_date()
+}
+
+/// A day heading for the log: `Today`, `Yesterday`, else the date.
+pub fn day_label(ts_ms: u64) -> String {
+    let now = now_ms();
+    if same_day(ts_ms, now) {
+        return "Today".into();
+    }
+    if same_day(ts_ms, now.saturating_sub(24 * 3600 * 1000)) {
+        return "Yesterday".into();
+    }
+    day_name(ts_ms)
+}
+
+/// `Mon 24 Nov`, with the year when it is not this one.
+fn day_name(ts_ms: u64) -> String {
+    let day = date(ts_ms);
+    let name = format!(
+        "{} {} {}",
+        DAYS[day.get_day() as usize % 7],
+        day.get_date(),
+        MONTHS[day.get_month() as usize % 12]
+    );
+    if day.get_full_year() == date(now_ms()).get_full_year() {
+        name
+    } else {
+        format!("{name} {}", day.get_full_year())
+    }
+}
+
+fn date(ms: u64) -> js_sys::Date {
+    js_sys::Date::new(&JsValue::from_f64(ms as f64))
 }
 
 /// The instant as `<time datetime>` wants it (ISO 8601, UTC).

@@ -165,6 +165,7 @@ impl ChatState {
                 }
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
+                crate::browser::remember_room(&room);
                 self.joined.set(Some(Membership { room, name }));
                 self.members.set(members);
                 self.count.set(count);

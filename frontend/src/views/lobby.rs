@@ -20,6 +20,7 @@ pub fn Lobby() -> impl IntoView {
             .unwrap_or_else(|| "lobby".into()),
     );
     let problem = RwSignal::new(None::<String>);
+    let recent = browser::recent_rooms();
     // A room named in the address while here (Back, an edit) fills the field.
     Effect::new(move |_| {
         if let Some(last) = state.last_room.get() {
@@ -69,6 +70,18 @@ pub fn Lobby() -> impl IntoView {
                     pattern="[A-Za-z0-9_.:\\-]+" title="Letters, digits, '_', '.', ':' or '-'"
                     required bind:value=room node_ref=room_field />
                 <p class="hint">"Rooms: letters, digits and _ . : - (up to 64)."</p>
+                {(!recent.is_empty()).then(|| view! {
+                    <nav class="recent" aria-label="Recently visited">
+                        <span class="hint">"Recent:"</span>
+                        {recent.into_iter().map(|recent_room| {
+                            let label = format!("#{recent_room}");
+                            view! {
+                                <button type="button" class="secondary chip"
+                                    on:click=move |_| room.set(recent_room.clone())>{label}</button>
+                            }
+                        }).collect_view()}
+                    </nav>
+                })}
                 <Show when=move || shown_error().is_some()>
                     <p class="error" role="alert">{shown_error}</p>
                 </Show>

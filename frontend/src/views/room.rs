@@ -1,4 +1,4 @@
-use leptos::ev::SubmitEvent;
+use leptos::ev::{KeyboardEvent, SubmitEvent};
 use leptos::html;
 use leptos::prelude::*;
 use shared::{ClientFrame, check_message_data, limits::DATA_MAX_BYTES};
@@ -110,16 +110,18 @@ fn MessageLog() -> impl IntoView {
             <Show when=move || state.log.with(Vec::is_empty)>
                 <li class="empty">"No messages yet. Say hello!"</li>
             </Show>
-            <For each=move || state.log.get() key=Entry::key let:entry>
-                {match entry {
+            <For each=move || rows(&state.log.read()) key=Row::key let:row>
+                {row.day.map(|day| view! { <li class="day" role="separator">{day}</li> })}
+                {match row.entry {
                     Entry::Message(message, mine) => {
+                        let grouped = row.grouped;
                         view! {
-                            <li class="message" class:mine=mine>
-                                <div class="meta">
+                            <li class="message" class:mine=mine class:grouped=grouped>
+                                <div class="meta" class:visually-hidden=grouped>
                                     <span class="author">{message.name.clone()}</span>
                                     <time datetime=browser::iso_time(message.ts)>{browser::clock_time(message.ts)}</time>
                                 </div>
-                                <p class="text">{message.data.clone()}</p>
+                                <p class="text">{message_text(&message.data)}</p>
                             </li>
                         }.into_any()
                     }
@@ -135,6 +137,91 @@ fn MessageLog() -> impl IntoView {
         </ol>
         </div>
     }
+}
+
+/// One entry of the log as shown: under a day heading when it starts a
+/// day, and without its name when it follows the same person's message by
+/// a few minutes.
+#[derive(Clone)]
+struct Row {
+    entry: Entry,
+    grouped: bool,
+    day: Option<String>,
+}
+
+impl Row {
+    fn key(&self) -> String {
+        format!("{}{}{}", self.entry.key(), self.grouped, self.day.is_some())
+    }
+}
+
+/// Messages this close together from one person read as one group.
+const GROUP_MS: u64 = 5 * 60 * 1000;
+
+fn rows(log: &[Entry]) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(log.len());
+    let mut previous: Option<&Entry> = None;
+    for entry in log {
+        let ts = entry_ts(entry);
+        let new_day = previous.is_none_or(|p| !browser::same_day(entry_ts(p), ts));
+        let grouped = !new_day
+            && matches!((previous, entry),
+                (Some(Entry::Message(before, was_mine)), Entry::Message(message, mine))
+                    if before.name == message.name
+                        && was_mine == mine
+                        && message.ts.saturating_sub(before.ts) < GROUP_MS);
+        rows.push(Row {
+            entry: entry.clone(),
+            grouped,
+            day: new_day.then(|| browser::day_label(ts)),
+        });
+        previous = Some(entry);
+    }
+    rows
+}
+
+fn entry_ts(entry: &Entry) -> u64 {
+    match entry {
+        Entry::Message(message, _) => message.ts,
+        Entry::Notice { ts, .. } => *ts,
+    }
+}
+
+/// A message's text with its web addresses as links: built as DOM nodes,
+/// never as HTML, so nothing in a message can become markup.
+fn message_text(text: &str) -> Vec<AnyView> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = ["https://", "http://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme))
+        .min()
+    {
+        let (before, from) = rest.split_at(at);
+        let end = from.find(char::is_whitespace).unwrap_or(from.len());
+        // Punctuation that ends a sentence is not part of the address.
+        let url = from[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '\'', '"']);
+        let scheme_len = if url.starts_with("https://") { 8 } else { 7 };
+        if !before.is_empty() {
+            parts.push(before.to_owned().into_any());
+        }
+        if url.len() <= scheme_len {
+            // A scheme with nothing after it is just text.
+            parts.push(from[..scheme_len].to_owned().into_any());
+            rest = &from[scheme_len..];
+            continue;
+        }
+        let url = url.to_owned();
+        parts.push(
+            view! { <a href=url.clone() target="_blank" rel="noopener noreferrer">{url.clone()}</a> }
+                .into_any(),
+        );
+        rest = &from[url.len()..];
+    }
+    if !rest.is_empty() {
+        parts.push(rest.to_owned().into_any());
+    }
+    parts
 }
 
 #[component]
@@ -157,7 +244,7 @@ fn Composer() -> impl IntoView {
             }
         })
     };
-    let field = NodeRef::<html::Input>::new();
+    let field = NodeRef::<html::Textarea>::new();
     // Joining puts the cursor where the typing happens.
     Effect::new(move |_| {
         if let Some(field) = field.get() {
@@ -165,8 +252,7 @@ fn Composer() -> impl IntoView {
         }
     });
 
-    let send = move |event: SubmitEvent| {
-        event.prevent_default();
+    let send = move || {
         let data = draft.get_untracked();
         if data.trim().is_empty() {
             return;
@@ -185,15 +271,31 @@ fn Composer() -> impl IntoView {
         }
     };
 
+    // Enter sends; Shift+Enter starts a new line (and Enter while an input
+    // method is composing belongs to it).
+    let send_on_enter = send.clone();
+    let on_key = move |event: KeyboardEvent| {
+        if event.key() == "Enter" && !event.shift_key() && !event.is_composing() {
+            event.prevent_default();
+            send_on_enter();
+        }
+    };
+
     view! {
-        <form class="composer" on:submit=send>
+        <form class="composer" on:submit=move |event: SubmitEvent| {
+            event.prevent_default();
+            send();
+        }>
             <Show when=move || state.error.with(Option::is_some)>
                 <p class="error" role="alert">{move || state.error.get()}</p>
             </Show>
             <label for="message" class="visually-hidden">"Message"</label>
-            <input id="message" name="message" autocomplete="off" placeholder="Write a message…"
-                bind:value=draft aria-invalid=move || too_long().to_string()
-                aria-describedby="message-counter" node_ref=field />
+            <textarea id="message" name="message" rows="1" placeholder="Write a message… (Shift+Enter: new line)"
+                prop:value=move || draft.get()
+                on:input=move |event| draft.set(event_target_value(&event))
+                on:keydown=on_key
+                aria-invalid=move || too_long().to_string()
+                aria-describedby="message-counter" node_ref=field></textarea>
             <button type="submit" disabled=move || !online() || too_long()>"Send"</button>
             <p id="message-counter" class="counter" class:over=too_long>
                 {counter}
