@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -12,6 +13,7 @@ const BIN = process.env.CHAT_LOCAL_BIN ?? 'target/debug/chat-local';
 const DIST = process.env.CHAT_DIST ?? 'dist';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const WAIT = { timeout: 15_000 };
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 let dataDir;
 let server;
@@ -611,4 +613,35 @@ test('multi-line messages, links, grouping, day headings and recent rooms', asyn
   await recent.getByRole('button', { name: '#features-room' }).click();
   assert.equal(await page.getByLabel('Room').inputValue(), 'features-room');
   await page.context().close();
+});
+
+/** axe-core's serious and critical findings on the page as it is. */
+async function accessibilityProblems(page) {
+  await page.addScriptTag({ path: AXE });
+  return page.evaluate(async () => {
+    const { violations } = await window.axe.run(document, { resultTypes: ['violations'] });
+    return violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id}: ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+}
+
+test('no serious accessibility problems in either theme, lobby or room', async () => {
+  for (const colorScheme of ['light', 'dark']) {
+    const context = await browser.newContext({ colorScheme });
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.getByRole('button', { name: 'Join' }).waitFor(WAIT);
+    await page.getByLabel('Name').focus();
+    assert.deepEqual(await accessibilityProblems(page), [], `lobby, ${colorScheme}`);
+    await page.getByLabel('Name').fill('Axe');
+    await page.getByLabel('Room', { exact: true }).fill(`axe-${colorScheme}`);
+    await page.getByRole('button', { name: 'Join' }).click();
+    await log(page).waitFor(WAIT);
+    await messageField(page).fill('hello https://example.com');
+    await messageField(page).press('Enter');
+    await log(page).getByText('hello', { exact: false }).waitFor(WAIT);
+    assert.deepEqual(await accessibilityProblems(page), [], `room, ${colorScheme}`);
+    await context.close();
+  }
 });

@@ -51,7 +51,9 @@ pub fn RoomView() -> impl IntoView {
 fn MessageLog() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    let log_ref = NodeRef::<html::Ol>::new();
+    // A log, not a list: `role="log"` on a list would strip its items of
+    // their list semantics.
+    let log_ref = NodeRef::<html::Div>::new();
     // New entries keep a reader who is at the newest one there (or who has
     // just sent something), but never pull one away from older ones: they
     // are counted on a button instead.
@@ -105,36 +107,36 @@ fn MessageLog() -> impl IntoView {
                 }}
             </button>
         </Show>
-        <ol class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref
+        <div class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref
             on:scroll=on_scroll>
             <Show when=move || state.log.with(Vec::is_empty)>
-                <li class="empty">"No messages yet. Say hello!"</li>
+                <div class="empty">"No messages yet. Say hello!"</div>
             </Show>
             <For each=move || rows(&state.log.read()) key=Row::key let:row>
-                {row.day.map(|day| view! { <li class="day" role="separator">{day}</li> })}
+                {row.day.map(|day| view! { <div class="day" role="separator">{day}</div> })}
                 {match row.entry {
                     Entry::Message(message, mine) => {
                         let grouped = row.grouped;
                         view! {
-                            <li class="message" class:mine=mine class:grouped=grouped>
+                            <div class="message" class:mine=mine class:grouped=grouped>
                                 <div class="meta" class:visually-hidden=grouped>
                                     <span class="author">{message.name.clone()}</span>
                                     <time datetime=browser::iso_time(message.ts)>{browser::clock_time(message.ts)}</time>
                                 </div>
                                 <p class="text">{message_text(&message.data)}</p>
-                            </li>
+                            </div>
                         }.into_any()
                     }
                     Entry::Notice { text, ts, .. } => view! {
-                        <li class="notice">
+                        <div class="notice">
                             <span>{text}</span>
                             " "
                             <time datetime=browser::iso_time(ts)>{browser::clock_time(ts)}</time>
-                        </li>
+                        </div>
                     }.into_any(),
                 }}
             </For>
-        </ol>
+        </div>
         </div>
     }
 }
