@@ -51,7 +51,7 @@ fn start_lambda_watch(port: u16, dynamodb: &str, management_api: &str) -> Lambda
         .current_dir(workspace)
         .process_group(0)
         .spawn()
-        .expect("cargo lambda is installed (pip install cargo-lambda; .ci/test does it)");
+        .expect("cargo lambda is installed (pip install cargo-lambda; scripts/test does it)");
     LambdaWatch(child)
 }
 

@@ -152,7 +152,7 @@ impl Server {
         if let Some(endpoint) = options.dynamodb_endpoint {
             command.args(["--dynamodb-endpoint", endpoint]);
         }
-        // The socket suite runs once per store (`.ci/test` sets this).
+        // The socket suite runs once per store (`scripts/test` sets this).
         if !options.extra.contains(&"--store")
             && let Ok(store) = std::env::var("CHAT_TEST_STORE")
         {
