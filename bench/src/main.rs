@@ -102,27 +102,9 @@ enum Mode {
         clients: usize,
     },
     /// A steady chat (counted exactly) with clients joining, leaving and
-    /// vanishing around it; with `--server-pid`, memory must return to its
-    /// baseline (± 10 %) once everyone has left.
-    Soak {
-        #[arg(long, default_value_t = 100)]
-        rooms: usize,
-        /// Clients per room that stay the whole time.
-        #[arg(long, default_value_t = 20)]
-        clients: usize,
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        /// Messages per second per staying client.
-        #[arg(long, default_value_t = 0.5)]
-        rate: f64,
-        /// Clients coming and going at any moment.
-        #[arg(long, default_value_t = 50)]
-        churners: usize,
-        /// How far above its baseline the server's memory may end, in
-        /// percent (short runs are dominated by fixed costs: give them more).
-        #[arg(long, default_value_t = 10.0)]
-        memory_slack: f64,
-    },
+    /// vanishing around it; with `--server-pid`, memory must end at most
+    /// `--memory-slack` percent above its warmed-up baseline.
+    Soak(soak::SoakPlan),
 }
 
 fn main() -> ExitCode {
@@ -188,22 +170,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             tokio::time::sleep(Duration::from_secs(hold)).await;
             (summary, report, true)
         }
-        Mode::Soak {
-            rooms,
-            clients,
-            seconds,
-            rate,
-            churners,
-            memory_slack,
-        } => {
-            let plan = soak::SoakPlan {
-                rooms,
-                clients,
-                seconds,
-                rate,
-                churners,
-                memory_slack,
-            };
+        Mode::Soak(plan) => {
             soak::soak(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
         }
         Mode::Storm { rooms, clients } => {

@@ -24,15 +24,24 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::{ChatPlan, Client, Frame, now_ns, parse_body};
 use crate::server::Server;
 
+#[derive(clap::Args, Debug)]
 pub struct SoakPlan {
+    #[arg(long, default_value_t = 100)]
     pub rooms: usize,
+    /// Clients per room that stay the whole time.
+    #[arg(long, default_value_t = 20)]
     pub clients: usize,
+    #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Messages per second per core client.
+    /// Messages per second per staying client.
+    #[arg(long, default_value_t = 0.5)]
     pub rate: f64,
-    /// Churning clients at any moment.
+    /// Clients coming and going at any moment.
+    #[arg(long, default_value_t = 50)]
     pub churners: usize,
-    /// How far above its baseline the server's memory may end, in percent.
+    /// How far above its baseline the server's memory may end, in percent
+    /// (short runs are dominated by fixed costs: give them more).
+    #[arg(long, default_value_t = 10.0)]
     pub memory_slack: f64,
 }
 

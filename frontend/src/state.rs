@@ -337,8 +337,7 @@ impl ChatState {
             PresenceEvent::Join => "joined",
             PresenceEvent::Leave => "left",
         };
-        let key = self.notices.get_value();
-        self.notices.set_value(key + 1);
+        let key = self.next_notice_key();
         self.pending.update_value(|p| {
             p.push(Pending {
                 key,
@@ -387,9 +386,14 @@ impl ChatState {
         self.early.update_value(Vec::clear);
     }
 
-    pub fn add_notice(&self, text: String) {
+    fn next_notice_key(&self) -> u64 {
         let key = self.notices.get_value();
         self.notices.set_value(key + 1);
+        key
+    }
+
+    pub fn add_notice(&self, text: String) {
+        let key = self.next_notice_key();
         self.push(Entry::Notice {
             key,
             text,
