@@ -408,7 +408,7 @@ async fn history_survives_a_restart_and_old_connections_do_not() {
 }
 
 #[tokio::test]
-async fn serves_health_and_the_web_app_with_an_index_fallback() {
+async fn serves_health_and_the_web_app_and_nothing_in_place_of_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let dist = tempfile::tempdir().unwrap();
     std::fs::write(dist.path().join("index.html"), "<h1>chat app</h1>").unwrap();
@@ -426,10 +426,10 @@ async fn serves_health_and_the_web_app_with_an_index_fallback() {
     assert_eq!(get("/healthz").await, (200, "ok".to_owned()));
     assert_eq!(get("/").await, (200, "<h1>chat app</h1>".to_owned()));
     assert_eq!(get("/app.js").await, (200, "console.log(1)".to_owned()));
-    assert_eq!(
-        get("/some/client/route").await,
-        (200, "<h1>chat app</h1>".to_owned())
-    );
+    // The app routes by the URL fragment: an unknown path is a plain 404,
+    // never the page (a missing config.json must not arrive as HTML).
+    assert_eq!(get("/some/client/route").await.0, 404);
+    assert_eq!(get("/config.json").await.0, 404);
 }
 
 #[tokio::test]

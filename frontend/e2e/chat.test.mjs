@@ -528,17 +528,73 @@ test('a hidden tab counts new messages in its title; the page says when it is st
   await page.waitForFunction(() => document.title === '#title-room · Chat rooms', null, WAIT);
   await page.context().close();
 
-  // Without its WebAssembly the page explains itself instead of staying blank.
+  // The page explains itself instead of staying blank: when the app fails
+  // to load, when the browser has no WebAssembly, and while loading is slow.
   const context = await browser.newContext();
   const broken = await context.newPage();
   await broken.route(/\.wasm$/, (route) => route.abort());
   await broken.goto(base);
-  await broken.getByText('Loading the chat…').waitFor(WAIT);
-  const hint = broken.getByText(/This chat needs WebAssembly/);
-  await broken.waitForFunction(
+  await broken.getByText('The chat could not start. Reload the page to try again.').waitFor(WAIT);
+  assert.equal(await broken.locator('.spinner').isVisible(), false, 'no spinner once it has failed');
+
+  const noWasm = await context.newPage();
+  await noWasm.addInitScript(() => { delete globalThis.WebAssembly; });
+  await noWasm.goto(base);
+  await noWasm.getByText(/This chat needs WebAssembly, which this browser does not offer/).waitFor(WAIT);
+
+  const slow = await context.newPage();
+  await slow.route(/\.wasm$/, () => {}); // never answered
+  await slow.goto(base);
+  await slow.getByText('Loading the chat…').waitFor(WAIT);
+  await slow.waitForFunction(
     () => getComputedStyle(document.querySelector('#loading .slow')).visibility === 'visible', null, { timeout: 20_000 });
-  assert.equal(await hint.isVisible(), true);
+  assert.equal(await slow.getByText(/Still loading\? This chat needs WebAssembly/).isVisible(), true);
   await context.close();
+});
+
+test('the app is served compressed, cached by name and under a strict Content-Security-Policy', async () => {
+  const index = await fetch(`${base}/`);
+  assert.equal(index.status, 200);
+  assert.equal(index.headers.get('cache-control'), 'no-cache');
+  assert.equal(index.headers.get('x-content-type-options'), 'nosniff');
+  assert.equal(index.headers.get('referrer-policy'), 'no-referrer');
+  const policy = index.headers.get('content-security-policy');
+  assert.match(policy, /script-src 'self' 'wasm-unsafe-eval';/);
+  assert.match(policy, /connect-src 'self';/);
+  assert.doesNotMatch(policy, /unsafe-inline/);
+  const html = await index.text();
+  assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script in the page');
+  const wasm = html.match(/(\/frontend-[0-9a-f]{16}_bg\.wasm)/)[1];
+  for (const [accept, encoding] of [['br, gzip', 'br'], ['gzip', 'gzip'], ['identity', null]]) {
+    const response = await fetch(`${base}${wasm}`, { headers: { 'accept-encoding': accept } });
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get('content-encoding'), encoding, `Accept-Encoding: ${accept}`);
+    assert.equal(response.headers.get('cache-control'), 'public, max-age=31536000, immutable');
+    assert.equal(response.headers.get('vary'), 'accept-encoding');
+    // What arrives (decoded) is the wasm module itself.
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    assert.deepEqual([...bytes.slice(0, 4)], [0, 0x61, 0x73, 0x6d]);
+  }
+  // No HTML in place of a missing file: the app would take it for its config.
+  const missing = await fetch(`${base}/config.json`);
+  assert.equal(missing.status, 404);
+
+  // The whole suite runs under this policy; here an injected inline script
+  // is shown to be refused while the app keeps working.
+  const page = await openAs('Csp', 'csp-room');
+  const violated = await page.evaluate(() => new Promise((resolve) => {
+    document.addEventListener('securitypolicyviolation', (event) => resolve(event.effectiveDirective), { once: true });
+    const script = document.createElement('script');
+    script.textContent = 'window.injected = true';
+    document.body.append(script);
+    setTimeout(() => resolve(null), 3000);
+  }));
+  assert.match(violated ?? 'none', /^script-src/);
+  assert.equal(await page.evaluate(() => window.injected), undefined);
+  await messageField(page).fill('still here');
+  await messageField(page).press('Enter');
+  await log(page).getByText('still here', { exact: true }).waitFor(WAIT);
+  await page.context().close();
 });
 
 test('a rejoin the server fails after a reconnect is tried again', async () => {
@@ -628,7 +684,9 @@ async function accessibilityProblems(page) {
 
 test('no serious accessibility problems in either theme, lobby or room', async () => {
   for (const colorScheme of ['light', 'dark']) {
-    const context = await browser.newContext({ colorScheme });
+    // axe-core is injected as an inline script, which the page's policy
+    // rightly refuses: this test alone lets the browser bypass it.
+    const context = await browser.newContext({ colorScheme, bypassCSP: true });
     const page = await context.newPage();
     await page.goto(base);
     await page.getByRole('button', { name: 'Join' }).waitFor(WAIT);

@@ -183,3 +183,19 @@ pub fn set_title(title: &str) {
 pub fn now_ms() -> u64 {
     js_sys::Date::now() as u64
 }
+
+// Case and collation come from the browser: Rust's own would add its Unicode
+// case tables (about 25 KB) to the app.
+
+/// Names in the order people expect: by the browser's collation (which
+/// ignores case), then exactly, so equal names sit together.
+pub fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
+    js_sys::JsString::from(a)
+        .locale_compare(b, &js_sys::Array::new(), &js_sys::Object::new())
+        .cmp(&0)
+        .then_with(|| a.cmp(b))
+}
+
+pub fn uppercase(text: &str) -> String {
+    js_sys::JsString::from(text).to_upper_case().into()
+}

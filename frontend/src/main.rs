@@ -4,12 +4,14 @@
 //!   change it.
 //! - [`socket`]: the WebSocket, reconnecting with backoff and rejoining.
 //! - [`views`]: the lobby and the room.
+//! - [`wire`]: the server's frames, read with the browser's `JSON.parse`.
 //! - [`browser`]: the few browser facilities used (URL fragment, storage).
 
 mod browser;
 mod socket;
 mod state;
 mod views;
+mod wire;
 
 fn main() {
     leptos::mount::mount_to_body(views::App);

@@ -1,158 +1,192 @@
 //! The one WebSocket: opened at start, reopened with backoff whenever it
 //! drops, and on every open it rejoins the room the user is in.
+//!
+//! It is the browser's `WebSocket` with event handlers, and timers for the
+//! backoff and the heartbeat: no async streams, which keeps the app small.
 
 use std::time::Duration;
 
-use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use futures::{FutureExt, SinkExt, StreamExt, select};
-use gloo_net::websocket::Message;
-use gloo_net::websocket::futures::WebSocket;
+use gloo_timers::callback::{Interval, Timeout};
 use leptos::prelude::*;
-use leptos::task::spawn_local;
-use shared::{ClientFrame, ServerFrame};
-use wasm_bindgen::JsCast;
+use shared::ClientFrame;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
+use web_sys::{MessageEvent, WebSocket};
 
 use crate::state::{ChatState, Followup, Status};
+use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(15);
-
-/// Sends frames to the server. Frames sent while offline are dropped: the
-/// UI only offers actions that need the server while it is online, and every
-/// reconnect rejoins the room anyway.
-#[derive(Clone)]
-pub struct Outbox(UnboundedSender<ClientFrame>);
-
-impl Outbox {
-    pub fn send(&self, frame: ClientFrame) {
-        let _ = self.0.unbounded_send(frame);
-    }
-}
-
-/// Starts the connection loop for the life of the page.
-pub fn connect(state: ChatState) -> Outbox {
-    let (outbox, queue) = unbounded();
-    let outbox = Outbox(outbox);
-    spawn_local(run(state, queue, outbox.clone()));
-    outbox
-}
-
 /// A join the server failed is sent again after this long.
 const JOIN_RETRY: Duration = Duration::from_secs(3);
 
-async fn run(state: ChatState, mut queue: UnboundedReceiver<ClientFrame>, outbox: Outbox) {
-    let settings = settings().await;
-    let mut failures = 0u32;
-    loop {
-        state.status.set(Status::Connecting);
-        if let Ok(socket) = WebSocket::open(&settings.websocket_url)
-            && session(&state, socket, &mut queue, settings.heartbeat, &outbox).await
-        {
-            failures = 0;
-        }
-        failures += 1;
-        let delay = retry_delay(failures);
-        let mut left = delay.as_secs_f64().ceil() as u32;
-        // A countdown the status bar can show.
-        while left > 0 {
-            state.status.set(Status::Offline(left));
-            let step = Duration::from_secs(1).min(delay);
-            gloo_timers::future::sleep(step).await;
-            left -= 1;
-        }
-    }
+/// Sends frames to the server. A frame sent while offline is dropped: the UI
+/// only offers actions that need the server while it is online, and every
+/// reconnect rejoins the room anyway.
+#[derive(Clone, Copy)]
+pub struct Outbox {
+    state: ChatState,
+    link: StoredValue<Link, LocalStorage>,
 }
 
-/// One open socket, until it drops. True if it ever opened.
-///
-/// After `heartbeat` without sending anything it sends a `ping`: API Gateway
-/// drops a connection after 10 minutes without a client frame, however
-/// busy the room.
-async fn session(
-    state: &ChatState,
-    socket: WebSocket,
-    queue: &mut UnboundedReceiver<ClientFrame>,
-    heartbeat: Duration,
-    outbox: &Outbox,
-) -> bool {
-    let (mut write, read) = socket.split();
-    let mut read = read.fuse();
-    // The sink waits for the socket to open; the ping proves it did.
-    if write.send(text(&ClientFrame::Ping)).await.is_err() {
-        return false;
-    }
-    state.status.set(Status::Online);
-    // What was queued while offline is stale by now, and nothing sent on
-    // the old socket will be answered on this one: the oldest unanswered
-    // text goes back to the composer, to be sent again.
-    while queue.try_recv().is_ok() {}
-    if let Some(unsent) = state
-        .unanswered
-        .try_update_value(|unanswered| std::mem::take(unanswered).pop_front())
-        .flatten()
-    {
-        state.restore_draft(unsent);
-    }
-    if let Some((room, name)) = state.target.get_untracked() {
-        state.joining(&room);
-        if write
-            .send(text(&ClientFrame::Join { room, name }))
-            .await
-            .is_err()
-        {
-            return true;
-        }
-    }
-    let mut last_sent = js_sys::Date::now();
-    loop {
-        let quiet_for = Duration::from_millis((js_sys::Date::now() - last_sent).max(0.0) as u64);
-        let mut beat = gloo_timers::future::sleep(heartbeat.saturating_sub(quiet_for)).fuse();
-        select! {
-            () = beat => {
-                if write.send(text(&ClientFrame::Ping)).await.is_err() {
-                    return true;
-                }
-                last_sent = js_sys::Date::now();
-            },
-            frame = queue.next() => match frame {
-                Some(frame) => {
-                    if write.send(text(&frame)).await.is_err() {
-                        return true;
-                    }
-                    last_sent = js_sys::Date::now();
-                }
-                None => return true,
-            },
-            incoming = read.next() => match incoming {
-                Some(Ok(Message::Text(body))) => match ServerFrame::parse(&body) {
-                    Ok(frame) => {
-                        if state.apply(frame) == Followup::RetryJoin {
-                            retry_join(*state, outbox.clone());
-                        }
-                    }
-                    Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),
-                },
-                Some(Ok(Message::Bytes(_))) => {}
-                Some(Err(_)) | None => return true,
-            },
-        }
-    }
+/// The socket and the timers around it.
+#[derive(Default)]
+struct Link {
+    settings: Option<Settings>,
+    socket: Option<WebSocket>,
+    /// The socket's event handlers, alive as long as it is.
+    handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    /// Connection attempts that failed since the last one that opened.
+    failures: u32,
+    /// When a frame was last sent (ms), for the heartbeat.
+    last_sent: f64,
+    heartbeat: Option<Timeout>,
+    /// The countdown to the next attempt while offline.
+    retry: Option<Interval>,
+    /// A `join` to send again after the server failed one.
+    rejoin: Option<Timeout>,
 }
 
-/// Sends the target room's `join` again in a moment, if there still is one.
-fn retry_join(state: ChatState, outbox: Outbox) {
-    spawn_local(async move {
-        gloo_timers::future::sleep(JOIN_RETRY).await;
-        if let Some((room, name)) = state.target.get_untracked() {
-            state.joining(&room);
-            outbox.send(ClientFrame::Join { room, name });
-        }
+/// Starts the connection for the life of the page.
+pub fn connect(state: ChatState) -> Outbox {
+    let outbox = Outbox {
+        state,
+        link: StoredValue::new_local(Link::default()),
+    };
+    leptos::task::spawn_local(async move {
+        let settings = settings().await;
+        outbox
+            .link
+            .update_value(|link| link.settings = Some(settings));
+        outbox.open();
     });
+    outbox
 }
 
-fn text(frame: &ClientFrame) -> Message {
-    Message::Text(frame.to_json())
+impl Outbox {
+    pub fn send(&self, frame: ClientFrame) {
+        let socket = self.link.with_value(|link| link.socket.clone());
+        let Some(socket) = socket.filter(|s| s.ready_state() == WebSocket::OPEN) else {
+            return;
+        };
+        if socket.send_with_str(&frame.to_json()).is_ok() {
+            self.link
+                .update_value(|link| link.last_sent = js_sys::Date::now());
+        }
+    }
+
+    fn open(self) {
+        self.state.status.set(Status::Connecting);
+        let url = self.link.with_value(|link| {
+            link.settings
+                .as_ref()
+                .map(|s| s.websocket_url.clone())
+                .unwrap_or_default()
+        });
+        let Ok(socket) = WebSocket::new(&url) else {
+            // A URL the browser refuses: retried like a failed connection.
+            return self.closed();
+        };
+        let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| self.opened());
+        let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            if let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() {
+                self.received(&text);
+            }
+        });
+        let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| self.closed());
+        socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        self.link.update_value(|link| {
+            link.socket = Some(socket);
+            link.handlers = vec![on_open, on_message, on_close];
+        });
+    }
+
+    fn opened(self) {
+        let state = self.state;
+        self.link.update_value(|link| link.failures = 0);
+        state.status.set(Status::Online);
+        // Nothing sent on the old socket will be answered on this one: the
+        // oldest unanswered text goes back to the composer, to be sent again.
+        if let Some(unsent) = state
+            .unanswered
+            .try_update_value(|unanswered| std::mem::take(unanswered).pop_front())
+            .flatten()
+        {
+            state.restore_draft(unsent);
+        }
+        self.rejoin_target();
+        self.beat();
+    }
+
+    /// Sends the `join` for the room the user is in, if any.
+    fn rejoin_target(self) {
+        if let Some((room, name)) = self.state.target.get_untracked() {
+            self.state.joining(&room);
+            self.send(ClientFrame::Join { room, name });
+        }
+    }
+
+    /// Keeps the connection alive: after `heartbeat` without sending
+    /// anything it sends a `ping`, since API Gateway drops a connection after
+    /// 10 minutes without a client frame, however busy the room.
+    fn beat(self) {
+        let heartbeat = self.link.with_value(|link| {
+            link.settings
+                .as_ref()
+                .map_or(DEFAULT_HEARTBEAT, |s| s.heartbeat)
+        });
+        let quiet_for = js_sys::Date::now() - self.link.with_value(|link| link.last_sent);
+        let heartbeat_ms = heartbeat.as_millis() as f64;
+        if quiet_for >= heartbeat_ms {
+            self.send(ClientFrame::Ping);
+        }
+        let quiet_for = js_sys::Date::now() - self.link.with_value(|link| link.last_sent);
+        let wait = (heartbeat_ms - quiet_for).clamp(0.0, heartbeat_ms) as u32;
+        let timer = Timeout::new(wait, move || self.beat());
+        self.link.update_value(|link| link.heartbeat = Some(timer));
+    }
+
+    fn received(self, text: &str) {
+        match wire::parse_frame(text) {
+            Ok(frame) => {
+                if self.state.apply(frame) == Followup::RetryJoin {
+                    let timer =
+                        Timeout::new(JOIN_RETRY.as_millis() as u32, move || self.rejoin_target());
+                    self.link.update_value(|link| link.rejoin = Some(timer));
+                }
+            }
+            Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),
+        }
+    }
+
+    /// The socket closed (or never opened): counts down, then tries again.
+    fn closed(self) {
+        let delay = self.link.try_update_value(|link| {
+            link.socket = None;
+            link.heartbeat = None;
+            link.rejoin = None;
+            link.failures += 1;
+            retry_delay(link.failures)
+        });
+        let Some(delay) = delay else { return };
+        let mut left = (delay.as_millis() as u32).div_ceil(1000).max(1);
+        self.state.status.set(Status::Offline(left));
+        let tick = delay.min(Duration::from_secs(1)).as_millis() as u32;
+        let countdown = Interval::new(tick, move || {
+            left -= 1;
+            if left == 0 {
+                self.link.update_value(|link| link.retry = None);
+                self.open();
+            } else {
+                self.state.status.set(Status::Offline(left));
+            }
+        });
+        self.link.update_value(|link| link.retry = Some(countdown));
+    }
 }
 
 /// Exponential backoff with jitter, so a restarted server is not hit by every
@@ -163,7 +197,7 @@ fn retry_delay(failures: u32) -> Duration {
     capped.mul_f64(0.5 + js_sys::Math::random() / 2.0)
 }
 
-/// What `config.json` beside the page may set; every field is optional.
+/// What `/config.json` may set; every field is optional.
 struct Settings {
     /// The S3 deployment names its API Gateway URL; otherwise it is this
     /// page's own origin at `/ws`.
@@ -177,7 +211,7 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
 async fn settings() -> Settings {
     let configured = async {
         let window = web_sys::window()?;
-        let response: web_sys::Response = JsFuture::from(window.fetch_with_str("config.json"))
+        let response: web_sys::Response = JsFuture::from(window.fetch_with_str("/config.json"))
             .await
             .ok()?
             .dyn_into()
@@ -185,44 +219,32 @@ async fn settings() -> Settings {
         if !response.ok() {
             return None;
         }
-        let text = JsFuture::from(response.text().ok()?)
-            .await
-            .ok()?
-            .as_string()?;
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(config) => Some(config),
-            Err(error) => {
-                leptos::logging::warn!("config.json is not JSON, using defaults: {error}");
-                None
-            }
+        let config = JsFuture::from(response.json().ok()?).await;
+        if config.is_err() {
+            leptos::logging::warn!("config.json is not JSON; using the defaults");
         }
+        config.ok().filter(|config| config.is_object())
     };
     let config = configured.await.unwrap_or_default();
     // Field by field: one mistyped field costs only itself.
-    let field = |name: &str| {
-        let value = config.get(name);
-        if value.is_some_and(|v| !v.is_null()) {
-            leptos::logging::warn!(
-                "config.json: {name} is not usable ({value:?}); using the default"
-            );
+    fn usable<T>(config: &JsValue, name: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() && wire::field(config, name).is_some() {
+            leptos::logging::warn!("config.json: {name} is not usable; using the default");
         }
         value
-    };
-    let websocket_url = config
-        .get("websocketUrl")
-        .and_then(|v| v.as_str())
-        .filter(|url| !url.is_empty())
-        .map(str::to_owned);
-    if websocket_url.is_none() {
-        field("websocketUrl");
     }
-    let heartbeat = config
-        .get("heartbeatSeconds")
-        .and_then(|v| v.as_f64())
-        .filter(|seconds| seconds.is_finite() && *seconds > 0.0);
-    if heartbeat.is_none() {
-        field("heartbeatSeconds");
-    }
+    let websocket_url = usable(
+        &config,
+        "websocketUrl",
+        wire::string(&config, "websocketUrl").filter(|url| !url.is_empty()),
+    );
+    let heartbeat = usable(
+        &config,
+        "heartbeatSeconds",
+        wire::field(&config, "heartbeatSeconds")
+            .and_then(|seconds| seconds.as_f64())
+            .filter(|seconds| seconds.is_finite() && *seconds > 0.0),
+    );
     Settings {
         websocket_url: websocket_url.unwrap_or_else(crate::browser::default_websocket_url),
         // At least a second: a tiny value would be a flood of pings.

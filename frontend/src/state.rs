@@ -1,6 +1,6 @@
 //! What the app knows, as signals, and how each server frame changes it.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use leptos::prelude::*;
 use shared::{ChatMessage, ErrorCode, HistoryEntry, Name, PresenceEvent, Room, ServerFrame};
@@ -66,14 +66,14 @@ pub struct ChatState {
     /// each, in order, with the message itself or an error, and one refused
     /// for coming too fast goes back to the composer.
     pub unanswered: StoredValue<std::collections::VecDeque<String>>,
-    seen: StoredValue<HashSet<String>>,
+    seen: StoredValue<BTreeSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
-    pending: StoredValue<Vec<Pending>>,
+    pending: StoredValue<Vec<Pending>, LocalStorage>,
     /// Messages for the room being joined that came before its `joined`.
     early: StoredValue<Vec<ChatMessage>>,
     /// Ids of the messages this tab sent (since the page loaded).
-    sent: StoredValue<HashSet<String>>,
+    sent: StoredValue<BTreeSet<String>>,
     /// When the page loaded (ms).
     loaded_at: u64,
     /// The room a `join` was sent for and not yet answered.
@@ -100,6 +100,9 @@ struct Pending {
     name: String,
     event: PresenceEvent,
     ts: u64,
+    /// Shows the notice when the grace is over; dropped (and so cancelled)
+    /// with the notice when its pair comes.
+    _timer: gloo_timers::callback::Timeout,
 }
 
 /// First-strong isolates: a right-to-left name cannot reorder the words
@@ -122,11 +125,11 @@ impl ChatState {
             draft: RwSignal::new(String::new()),
             unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
-            seen: StoredValue::new(HashSet::new()),
+            seen: StoredValue::new(BTreeSet::new()),
             notices: StoredValue::new(0),
-            pending: StoredValue::new(Vec::new()),
+            pending: StoredValue::new_local(Vec::new()),
             early: StoredValue::new(Vec::new()),
-            sent: StoredValue::new(HashSet::new()),
+            sent: StoredValue::new(BTreeSet::new()),
             loaded_at: crate::browser::now_ms(),
             in_flight: StoredValue::new(None),
             follow: StoredValue::new(true),
@@ -159,7 +162,7 @@ impl ChatState {
                     .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room));
                 if !same_room {
                     self.log.set(Vec::new());
-                    self.seen.update_value(HashSet::clear);
+                    self.seen.update_value(BTreeSet::clear);
                     self.pending.update_value(Vec::clear);
                     self.follow.set_value(true);
                 }
@@ -338,17 +341,8 @@ impl ChatState {
             PresenceEvent::Leave => "left",
         };
         let key = self.next_notice_key();
-        self.pending.update_value(|p| {
-            p.push(Pending {
-                key,
-                name: name.clone(),
-                event,
-                ts: crate::browser::now_ms(),
-            })
-        });
         let state = *self;
-        leptos::task::spawn_local(async move {
-            gloo_timers::future::TimeoutFuture::new(RECONNECT_GRACE_MS).await;
+        let timer = gloo_timers::callback::Timeout::new(RECONNECT_GRACE_MS, move || {
             let Some(pending) = state
                 .pending
                 .try_update_value(|p| p.iter().position(|p| p.key == key).map(|at| p.remove(at)))
@@ -371,6 +365,15 @@ impl ChatState {
                 });
             }
         });
+        self.pending.update_value(|p| {
+            p.push(Pending {
+                key,
+                name,
+                event,
+                ts: crate::browser::now_ms(),
+                _timer: timer,
+            })
+        });
     }
 
     pub fn clear_room(&self) {
@@ -381,7 +384,7 @@ impl ChatState {
         self.members.set(Vec::new());
         self.count.set(0);
         self.log.set(Vec::new());
-        self.seen.update_value(HashSet::clear);
+        self.seen.update_value(BTreeSet::clear);
         self.pending.update_value(Vec::clear);
         self.early.update_value(Vec::clear);
     }

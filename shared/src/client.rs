@@ -1,11 +1,12 @@
-use serde::Serialize;
+#[cfg(feature = "serde")]
 use serde_json::{Map, Value};
 
-use crate::{ErrorCode, Name, ProtocolError, Room, check_message_data};
+#[cfg(feature = "serde")]
+use crate::{ErrorCode, ProtocolError, check_message_data};
+use crate::{Name, Room};
 
 /// A frame from a client, routed by its `action` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// Join `room` as `name`, leaving the current room first.
     Join { room: Room, name: Name },
@@ -23,6 +24,7 @@ impl ClientFrame {
     /// Fields other than the ones an action needs are ignored: in particular a
     /// `room` on `sendmessage`, since the server decides which room a
     /// connection posts to.
+    #[cfg(feature = "serde")]
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| ProtocolError::bad_request(format!("frame is not valid JSON: {e}")))?;
@@ -58,12 +60,54 @@ impl ClientFrame {
         }
     }
 
-    /// The frame as JSON text, ready to send.
+    /// The frame as JSON text, ready to send. Written by hand, so the web
+    /// app needs no JSON library: [`ClientFrame::parse`] reads it back in
+    /// the tests, and the fuzz tests hold the two together.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("client frames always serialize")
+        let mut json = String::from("{\"action\":");
+        match self {
+            Self::Join { room, name } => {
+                json.push_str("\"join\",\"room\":");
+                push_json_string(&mut json, room.as_str());
+                json.push_str(",\"name\":");
+                push_json_string(&mut json, name.as_str());
+            }
+            Self::SendMessage { data } => {
+                json.push_str("\"sendmessage\",\"data\":");
+                push_json_string(&mut json, data);
+            }
+            Self::Leave => json.push_str("\"leave\""),
+            Self::Ping => json.push_str("\"ping\""),
+        }
+        json.push('}');
+        json
     }
 }
 
+/// Appends `text` as a JSON string: quotes, backslashes and control
+/// characters escaped, everything else as it is (JSON is UTF-8).
+fn push_json_string(json: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    json.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            '\n' => json.push_str("\\n"),
+            '\r' => json.push_str("\\r"),
+            '\t' => json.push_str("\\t"),
+            c if c < ' ' => {
+                json.push_str("\\u00");
+                json.push(HEX[c as usize >> 4] as char);
+                json.push(HEX[c as usize & 0xf] as char);
+            }
+            c => json.push(c),
+        }
+    }
+    json.push('"');
+}
+
+#[cfg(feature = "serde")]
 fn string_field<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str, ProtocolError> {
     match fields.get(key) {
         Some(Value::String(value)) => Ok(value),
@@ -75,6 +119,7 @@ fn string_field<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str
 }
 
 /// Keeps error messages small when a client echoes something huge back at us.
+#[cfg(feature = "serde")]
 fn truncate(text: &str, max_chars: usize) -> &str {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => &text[..end],
@@ -82,7 +127,7 @@ fn truncate(text: &str, max_chars: usize) -> &str {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 
@@ -133,6 +178,9 @@ mod tests {
             ClientFrame::SendMessage {
                 data: "line\n\"quoted\" ✓".into(),
             },
+            ClientFrame::SendMessage {
+                data: "\\ \u{0}\u{1f}\u{7f}\t\r</script>\u{2028}😀".into(),
+            },
             ClientFrame::Leave,
             ClientFrame::Ping,
         ];
@@ -140,6 +188,15 @@ mod tests {
             assert_eq!(ClientFrame::parse(&frame.to_json()).unwrap(), frame);
         }
         assert_eq!(ClientFrame::Leave.to_json(), r#"{"action":"leave"}"#);
+        assert_eq!(ClientFrame::Ping.to_json(), r#"{"action":"ping"}"#);
+        // What serde_json makes of it is what was meant.
+        let text = "a\u{1}b\"c\\d\ne";
+        let json = ClientFrame::SendMessage { data: text.into() }.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"action": "sendmessage", "data": text})
+        );
         assert!(
             ClientFrame::SendMessage { data: "x".into() }
                 .to_json()

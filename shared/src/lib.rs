@@ -12,7 +12,7 @@ mod server;
 mod validate;
 
 pub use client::ClientFrame;
-pub use server::{ChatMessage, ErrorCode, HistoryEntry, PresenceEvent, ServerFrame};
+pub use server::{ChatMessage, ErrorCode, HistoryEntry, PresenceEvent, ServerFields, ServerFrame};
 pub use validate::{Name, ProtocolError, Room, check_message_data};
 
 /// The protocol's limits, in one place so the UI can show them as well.

@@ -1,14 +1,19 @@
 use std::fmt;
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
 /// A frame from the server, tagged by its `type` field.
 ///
-/// Parsed through [`WireFrame`], a flat struct: serde's derive for internally
-/// tagged enums buffers every field into an intermediate tree, which costs
-/// the browser's WebAssembly tens of kilobytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", try_from = "WireFrame")]
+/// Read through [`ServerFields`], a flat struct: serde's derive for
+/// internally tagged enums buffers every field into an intermediate tree, and
+/// the browser fills it from its own `JSON.parse` without serde at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "type", rename_all = "snake_case", try_from = "ServerFields")
+)]
 pub enum ServerFrame {
     /// To the joiner only: who is here and what was said lately.
     Joined {
@@ -45,7 +50,8 @@ pub enum ServerFrame {
 }
 
 /// A message as posted to a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct ChatMessage {
     /// Unique; sorts in the order the server stored the messages.
     pub id: String,
@@ -58,8 +64,12 @@ pub struct ChatMessage {
 
 /// One past message in a `joined` frame, shaped exactly like a `message` frame
 /// (`type` included) so a client can render both with the same code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", from = "ChatMessage")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "type", rename_all = "snake_case", from = "ChatMessage")
+)]
 pub enum HistoryEntry {
     Message(ChatMessage),
 }
@@ -70,28 +80,32 @@ impl From<ChatMessage> for HistoryEntry {
     }
 }
 
-/// Every field any server frame has, for parsing without buffering.
-#[derive(Deserialize)]
-struct WireFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    room: Option<String>,
-    name: Option<String>,
-    members: Option<Vec<String>>,
-    count: Option<usize>,
-    history: Option<Vec<ChatMessage>>,
-    id: Option<String>,
-    data: Option<String>,
-    ts: Option<u64>,
-    event: Option<PresenceEvent>,
-    code: Option<ErrorCode>,
-    message: Option<String>,
+/// Every field any server frame has, each named as on the wire (`kind` is
+/// `type`). A reader fills in what a frame has and [`ServerFrame::try_from`]
+/// checks that its type has what it needs: serde on the server, the
+/// browser's `JSON.parse` in the web app.
+#[derive(Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Deserialize))]
+pub struct ServerFields {
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
+    pub kind: String,
+    pub room: Option<String>,
+    pub name: Option<String>,
+    pub members: Option<Vec<String>>,
+    pub count: Option<usize>,
+    pub history: Option<Vec<ChatMessage>>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub ts: Option<u64>,
+    pub event: Option<PresenceEvent>,
+    pub code: Option<ErrorCode>,
+    pub message: Option<String>,
 }
 
-impl TryFrom<WireFrame> for ServerFrame {
+impl TryFrom<ServerFields> for ServerFrame {
     type Error = String;
 
-    fn try_from(wire: WireFrame) -> Result<Self, String> {
+    fn try_from(wire: ServerFields) -> Result<Self, String> {
         let kind = wire.kind;
         let missing = |field: &str| format!("{kind} frame without {field}");
         macro_rules! take {
@@ -134,16 +148,29 @@ impl TryFrom<WireFrame> for ServerFrame {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum PresenceEvent {
     Join,
     Leave,
 }
 
+impl PresenceEvent {
+    /// The event named as on the wire (`join`, `leave`).
+    pub fn from_wire(name: &str) -> Option<Self> {
+        match name {
+            "join" => Some(Self::Join),
+            "leave" => Some(Self::Leave),
+            _ => None,
+        }
+    }
+}
+
 /// What went wrong, as a stable, machine-readable code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum ErrorCode {
     /// Not JSON, not an object, missing or mistyped fields, binary frames,
     /// invalid UTF-8 or lone surrogates.
@@ -175,6 +202,24 @@ impl ErrorCode {
             Self::Internal => "internal",
         }
     }
+
+    /// Every code, in the order they are declared.
+    pub const ALL: [Self; 8] = [
+        Self::BadRequest,
+        Self::UnknownAction,
+        Self::NotInRoom,
+        Self::InvalidRoom,
+        Self::InvalidName,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::Internal,
+    ];
+
+    /// The code named as on the wire; `None` for a code this build does not
+    /// know (a newer server).
+    pub fn from_wire(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.as_str() == name)
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -192,10 +237,12 @@ impl ServerFrame {
     }
 
     /// The frame as JSON text; serialized once and shared by every recipient.
+    #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialize")
     }
 
+    #[cfg(feature = "serde")]
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
     }
@@ -207,7 +254,7 @@ impl From<crate::ProtocolError> for ServerFrame {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -261,20 +308,18 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_display_as_on_the_wire() {
-        for code in [
-            ErrorCode::BadRequest,
-            ErrorCode::UnknownAction,
-            ErrorCode::NotInRoom,
-            ErrorCode::InvalidRoom,
-            ErrorCode::InvalidName,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::Internal,
-        ] {
+    fn error_codes_and_events_read_as_serde_writes_them() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, serde_json::Value::String(code.to_string()));
+            assert_eq!(ErrorCode::from_wire(wire.as_str().unwrap()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_wire("teapot"), None);
+        for event in [PresenceEvent::Join, PresenceEvent::Leave] {
+            let wire = serde_json::to_value(event).unwrap();
             assert_eq!(
-                serde_json::to_value(code).unwrap(),
-                serde_json::Value::String(code.to_string())
+                PresenceEvent::from_wire(wire.as_str().unwrap()),
+                Some(event)
             );
         }
     }

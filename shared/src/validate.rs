@@ -1,5 +1,6 @@
 use std::fmt;
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
@@ -31,8 +32,9 @@ impl ProtocolError {
 ///
 /// Kept to a URL- and key-safe alphabet so a room can sit in a link's fragment,
 /// a query string and a DynamoDB key without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "String", into = "String"))]
 pub struct Room(String);
 
 impl Room {
@@ -57,8 +59,9 @@ impl Room {
 /// A display name: 1 to 32 characters after trimming, any script, no control
 /// or format characters (zero-width, bidi controls), no line or paragraph
 /// separators, and at least one visible character. Stored trimmed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "String", into = "String"))]
 pub struct Name(String);
 
 impl Name {

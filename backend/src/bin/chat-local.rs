@@ -20,7 +20,7 @@ use backend::chat::{Chat, ChatConfig, OriginPolicy};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
 use backend::local::gateway::{Gateway, GatewayConfig, Integration};
 use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
-use backend::local::management;
+use backend::local::{management, web_app};
 use backend::pusher::local::LocalPusher;
 use backend::store::RateLimit;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
@@ -32,7 +32,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tower_http::services::{ServeDir, ServeFile};
 use tracing_subscriber::EnvFilter;
 
 /// Under chat load a tenth of the CPU went to glibc's malloc and free (many
@@ -318,11 +317,10 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
     if !dist.join("index.html").is_file() {
         tracing::warn!(dist = %dist.display(), "no built front end here; run `trunk build --release`");
     }
-    let web_app = ServeDir::new(dist).fallback(ServeFile::new(dist.join("index.html")));
     let app = Router::new()
         .route("/ws", get(Gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback_service(web_app)
+        .fallback_service(web_app::router(dist))
         .with_state(Arc::clone(&gateway));
 
     let listener = tokio::net::TcpListener::bind(addr)

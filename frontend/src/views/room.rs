@@ -275,7 +275,7 @@ fn Composer() -> impl IntoView {
 
     // Enter sends; Shift+Enter starts a new line (and Enter while an input
     // method is composing belongs to it).
-    let send_on_enter = send.clone();
+    let send_on_enter = send;
     let on_key = move |event: KeyboardEvent| {
         if event.key() == "Enter" && !event.shift_key() && !event.is_composing() {
             event.prevent_default();
@@ -315,7 +315,7 @@ fn MemberList() -> impl IntoView {
     // with how many there are.
     let distinct = Memo::new(move |_| {
         let mut members = state.members.get();
-        members.sort_by(|a, b| a.to_lowercase().cmp(&b.to_lowercase()).then(a.cmp(b)));
+        members.sort_by(|a, b| browser::compare_names(a, b));
         let mut counted: Vec<(String, usize)> = Vec::new();
         for name in members {
             match counted.last_mut() {
@@ -347,6 +347,6 @@ fn MemberList() -> impl IntoView {
 fn initial(name: &str) -> String {
     name.chars()
         .next()
-        .map(|c| c.to_uppercase().collect())
+        .map(|c| browser::uppercase(c.encode_utf8(&mut [0; 4])))
         .unwrap_or_default()
 }

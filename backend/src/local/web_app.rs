@@ -1,0 +1,170 @@
+//! The built web app (Trunk's `dist/`), served as a CDN would serve it:
+//! compressed copies made at build time (brotli, gzip) chosen by
+//! `Accept-Encoding`, hashed files cached for a year, `index.html` and
+//! `config.json` revalidated every time, and pages under a strict
+//! Content-Security-Policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, VARY};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::services::ServeDir;
+
+const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
+
+/// Serves `dist`. Paths that are not files are 404: the app routes by the
+/// URL fragment, so no path needs `index.html` in its place, and a missing
+/// `config.json` must not arrive as HTML.
+pub fn router(dist: &Path) -> Router {
+    Router::new()
+        .fallback_service(ServeDir::new(dist).precompressed_br().precompressed_gzip())
+        .layer(middleware::from_fn_with_state(
+            Arc::new(dist.to_owned()),
+            headers,
+        ))
+}
+
+/// The policy of the app's page. Scripts come only from this origin
+/// (`'wasm-unsafe-eval'` lets them compile the app's WebAssembly, nothing
+/// else); no inline script or style, no plugins, no framing; the app may
+/// connect only to this origin and to the WebSocket server `config.json`
+/// names (read with each page, as the app reads it).
+pub fn content_security_policy(websocket_origin: Option<&str>) -> String {
+    let connect = match websocket_origin {
+        Some(origin) => format!("'self' {origin}"),
+        None => "'self'".to_owned(),
+    };
+    format!(
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+         img-src 'self'; connect-src {connect}; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    )
+}
+
+/// The origin (`wss://host:port`) of `websocketUrl` in `dist/config.json`.
+/// Anything that is not a plain ws(s) origin is left
+/// out of the policy, so the app cannot connect to it, rather than trusted.
+fn websocket_origin(dist: &Path) -> Option<String> {
+    let config = std::fs::read(dist.join("config.json")).ok()?;
+    let config: serde_json::Value = match serde_json::from_slice(&config) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "dist/config.json is not JSON");
+            return None;
+        }
+    };
+    let url = config.get("websocketUrl")?.as_str()?;
+    let origin = origin_of(url);
+    if origin.is_none() {
+        tracing::warn!(
+            url,
+            "websocketUrl in dist/config.json is not a ws:// or wss:// URL"
+        );
+    }
+    origin
+}
+
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    (matches!(scheme, "ws" | "wss") && !host.is_empty() && host.chars().all(plain))
+        .then(|| format!("{scheme}://{host}"))
+}
+
+/// Trunk names every built file but `index.html` by its content
+/// (`frontend-0123456789abcdef_bg.wasm`): such a name never changes meaning.
+fn is_hashed(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    name.rsplit_once('-').is_some_and(|(_, tail)| {
+        let hash = tail.as_bytes();
+        hash.len() > 16
+            && hash[..16].iter().all(u8::is_ascii_hexdigit)
+            && matches!(hash[16], b'.' | b'_')
+    })
+}
+
+async fn headers(State(dist): State<Arc<PathBuf>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let hashed = is_hashed(path);
+    let page = path == "/" || path.ends_with(".html");
+    let mut response = next.run(request).await;
+    if page {
+        let policy = content_security_policy(websocket_origin(&dist).as_deref());
+        let policy =
+            HeaderValue::from_str(&policy).expect("the policy is built from checked parts");
+        response
+            .headers_mut()
+            .insert(CONTENT_SECURITY_POLICY, policy);
+    }
+    let cache = if hashed && response.status().is_success() {
+        IMMUTABLE
+    } else {
+        REVALIDATE
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, cache);
+    headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_names_are_trunks() {
+        assert!(is_hashed("/frontend-4191baae0e571478_bg.wasm"));
+        assert!(is_hashed("/style-f283980121565eb8.css"));
+        assert!(is_hashed("/boot-9970746978f1ef71.js.br"));
+        assert!(!is_hashed("/"));
+        assert!(!is_hashed("/index.html"));
+        assert!(!is_hashed("/config.json"));
+        assert!(!is_hashed("/my-file.js"));
+        assert!(!is_hashed("/x-0123456789abcdeg.js"));
+    }
+
+    #[test]
+    fn the_site_on_aws_has_the_same_policy() {
+        let template = include_str!("../../../template.yaml");
+        let policy = content_security_policy(Some(
+            "wss://${ChatApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}",
+        ));
+        assert!(
+            template.contains(&format!("ContentSecurityPolicy: !Sub \"{policy}\"")),
+            "template.yaml's SiteHeaders policy differs from chat-local's:\n{policy}"
+        );
+    }
+
+    #[test]
+    fn only_plain_websocket_origins_enter_the_policy() {
+        assert_eq!(
+            origin_of("wss://abc.execute-api.eu-west-1.amazonaws.com/prod").as_deref(),
+            Some("wss://abc.execute-api.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            origin_of("ws://127.0.0.1:9000/ws").as_deref(),
+            Some("ws://127.0.0.1:9000")
+        );
+        assert_eq!(origin_of("https://example.com/ws"), None);
+        assert_eq!(origin_of("wss://evil.com; script-src *"), None);
+        assert_eq!(origin_of("wss:///path"), None);
+        assert!(
+            content_security_policy(Some("wss://a.b")).contains("connect-src 'self' wss://a.b;")
+        );
+    }
+}
