@@ -67,8 +67,14 @@ after(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-async function openAs(name, room, url = base) {
-  const context = await browser.newContext();
+/** The widths the feature tests run at. */
+const DEVICES = {
+  desktop: { viewport: { width: 1280, height: 720 } },
+  phone: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true },
+};
+
+async function openAs(name, room, url = base, device = DEVICES.desktop) {
+  const context = await browser.newContext(device);
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error(`[${name}] page error:`, error));
   await page.goto(url);
@@ -375,17 +381,14 @@ async function postAs(name, room, texts) {
   assert.equal(error, null);
 }
 
-test('on a phone a long conversation scrolls inside the screen, and reading older messages is not interrupted', async () => {
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
-  const page = await context.newPage();
-  await page.goto(base);
-  await page.getByLabel('Name').fill('Pia');
-  await page.getByLabel('Room').fill('phone-room');
-  await page.getByRole('button', { name: 'Join' }).click();
-  await log(page).waitFor(WAIT);
+for (const [device, options] of Object.entries(DEVICES)) test(`${device}: a long conversation scrolls inside the screen, and reading older messages is not interrupted`, async () => {
+  const room = `long-${device}`;
+  const height = options.viewport.height;
+  const page = await openAs('Pia', room, base, options);
+  const context = page.context();
   // 40 messages from eight people (each within the rate limit's burst).
   for (const who of ['Q1', 'Q2', 'Q3', 'Q4', 'Q5', 'Q6', 'Q7', 'Q8']) {
-    await postAs(who, 'phone-room', Array.from({ length: 5 }, (_, i) => `${who} line ${i}`));
+    await postAs(who, room, Array.from({ length: 5 }, (_, i) => `${who} line ${i}`));
   }
   await log(page).getByText('Q8 line 4', { exact: true }).waitFor(WAIT);
   // The posters' leave notices come after a grace period: let them land.
@@ -394,17 +397,17 @@ test('on a phone a long conversation scrolls inside the screen, and reading olde
   // The header, Leave and the member list stay on the screen.
   for (const locator of [page.getByRole('button', { name: 'Leave' }), page.getByRole('heading', { name: /Members/ })]) {
     const box = await locator.boundingBox();
-    assert.ok(box && box.y >= 0 && box.y + box.height <= 844, `on screen: ${JSON.stringify(box)}`);
+    assert.ok(box && box.y >= 0 && box.y + box.height <= height, `on screen: ${JSON.stringify(box)}`);
   }
   // The log scrolls, and its first message can be reached.
   const scroll = await log(page).evaluate((el) => ({ height: el.scrollHeight, client: el.clientHeight }));
   assert.ok(scroll.height > scroll.client, 'the log scrolls within the screen');
   await log(page).evaluate((el) => { el.scrollTop = 0; });
   const first = await log(page).getByText('Q1 line 0', { exact: true }).boundingBox();
-  assert.ok(first && first.y >= 0 && first.y < 844, 'the oldest message is reachable');
+  assert.ok(first && first.y >= 0 && first.y < height, 'the oldest message is reachable');
 
   // A new message while reading older ones: the view stays, a button offers the latest.
-  await postAs('Q9', 'phone-room', ['a newer one']);
+  await postAs('Q9', room, ['a newer one']);
   await log(page).getByText('a newer one', { exact: true }).waitFor({ state: 'attached', ...WAIT });
   // Notices are not counted: one new message.
   const jump = page.getByRole('button', { name: '↓ 1 new message' });
@@ -417,8 +420,8 @@ test('on a phone a long conversation scrolls inside the screen, and reading olde
   await context.close();
 });
 
-test('focus follows joining and leaving, and long messages say why they cannot be sent', async () => {
-  const page = await openAs('Fay', 'focus-room');
+for (const [device, options] of Object.entries(DEVICES)) test(`${device}: focus follows joining and leaving, and long messages say why they cannot be sent`, async () => {
+  const page = await openAs('Fay', `focus-${device}`, base, options);
   await page.waitForFunction(() => document.activeElement?.id === 'message', null, WAIT);
   await messageField(page).fill('é'.repeat(2049));
   await page.getByText('Too long: 4098 of 4096 bytes', { exact: false }).waitFor(WAIT);
@@ -635,8 +638,9 @@ test('a rejoin the server fails after a reconnect is tried again', async () => {
   await context.close();
 });
 
-test('multi-line messages, links, grouping, day headings and recent rooms', async () => {
-  const page = await openAs('Lin', 'features-room');
+for (const [device, options] of Object.entries(DEVICES)) test(`${device}: multi-line messages, links, grouping, day headings and recent rooms`, async () => {
+  const room = `features-${device}`;
+  const page = await openAs('Lin', room, base, options);
   // Shift+Enter makes a new line; Enter sends.
   await messageField(page).type('line one');
   await messageField(page).press('Shift+Enter');
@@ -664,10 +668,10 @@ test('multi-line messages, links, grouping, day headings and recent rooms', asyn
   // The lobby offers the rooms visited lately.
   await page.getByRole('button', { name: 'Leave' }).click();
   const recent = page.getByRole('navigation', { name: 'Recently visited' });
-  await recent.getByRole('button', { name: '#features-room' }).waitFor(WAIT);
+  await recent.getByRole('button', { name: `#${room}` }).waitFor(WAIT);
   await page.getByLabel('Room').fill('elsewhere');
-  await recent.getByRole('button', { name: '#features-room' }).click();
-  assert.equal(await page.getByLabel('Room').inputValue(), 'features-room');
+  await recent.getByRole('button', { name: `#${room}` }).click();
+  assert.equal(await page.getByLabel('Room').inputValue(), room);
   await page.context().close();
 });
 
