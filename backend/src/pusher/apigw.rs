@@ -1,8 +1,8 @@
 //! Delivery on AWS: the API Gateway Management API's PostToConnection.
 //!
 //! Clients are built once per Lambda container and cached per endpoint
-//! (`https://{domainName}/{stage}` from the event, so custom domains work
-//! too). Every call has explicit connect and operation timeouts: without them
+//! (`https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`, from the
+//! event and the function's region). Every call has explicit connect and operation timeouts: without them
 //! a PostToConnection can hang until the Lambda itself times out.
 
 use std::collections::HashMap;
@@ -67,16 +67,29 @@ impl ManagementApi {
         }
     }
 
-    /// `https://{domainName}/{stage}`, where API Gateway takes posts for the
-    /// connections of the API that sent `event`.
+    /// Where API Gateway takes posts for the connections of the API that
+    /// sent `event`: its execute-api host and stage. Built from the API id,
+    /// not the event's `domainName`: under a custom domain that name is the
+    /// custom one, whose paths are the API mapping's rather than the stage,
+    /// and the Management API is not served there.
     pub fn endpoint_for(&self, event: &ApiGatewayWebsocketProxyRequest) -> String {
         if let Some(endpoint) = &self.endpoint_override {
             return endpoint.clone();
         }
         let context = &event.request_context;
+        let region = self
+            .sdk_config
+            .region()
+            .map_or("us-east-1", |region| region.as_ref());
+        // The partition's DNS suffix: China's regions have their own.
+        let suffix = if region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
         format!(
-            "https://{}/{}",
-            context.domain_name.as_deref().unwrap_or_default(),
+            "https://{}.execute-api.{region}.{suffix}/{}",
+            context.apiid.as_deref().unwrap_or_default(),
             context.stage.as_deref().unwrap_or_default()
         )
     }
@@ -177,4 +190,42 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(10));
     let fraction = (getrandom::u32().unwrap_or(u32::MAX / 2) as f64) / (u32::MAX as f64);
     ceiling.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_config::{BehaviorVersion, Region};
+
+    use super::*;
+
+    fn api(region: &str) -> ManagementApi {
+        let config = SdkConfig::builder()
+            .region(Region::new(region.to_owned()))
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        ManagementApi::new(config, None, PostPolicy::default())
+    }
+
+    fn event(domain: &str) -> ApiGatewayWebsocketProxyRequest {
+        let mut event = ApiGatewayWebsocketProxyRequest::default();
+        event.request_context.apiid = Some("abc123".into());
+        event.request_context.stage = Some("prod".into());
+        event.request_context.domain_name = Some(domain.into());
+        event
+    }
+
+    #[test]
+    fn the_endpoint_is_the_apis_own_even_under_a_custom_domain() {
+        let expected = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod";
+        let api = api("eu-west-1");
+        assert_eq!(
+            api.endpoint_for(&event("abc123.execute-api.eu-west-1.amazonaws.com")),
+            expected
+        );
+        assert_eq!(api.endpoint_for(&event("chat.example.com")), expected);
+        assert_eq!(
+            self::api("cn-north-1").endpoint_for(&event("chat.example.cn")),
+            "https://abc123.execute-api.cn-north-1.amazonaws.com.cn/prod"
+        );
+    }
 }
