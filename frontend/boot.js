@@ -14,10 +14,18 @@ if (typeof WebAssembly !== 'object') {
 } else {
   const glue = document.querySelector('link[rel="modulepreload"]');
   const wasm = document.querySelector('link[rel="preload"][type="application/wasm"]');
-  import(glue.href)
-    .then((app) => app.default({ module_or_path: wasm.href }))
-    .catch((error) => {
-      console.error('the chat could not start:', error);
-      fail('The chat could not start. Reload the page to try again.');
-    });
+  if (!glue || !wasm) {
+    fail('The chat could not start: this page is missing its scripts. Rebuild it with trunk build.');
+  } else {
+    import(glue.href)
+      .then((app) => app.default({ module_or_path: wasm.href }))
+      .catch((error) => {
+        console.error('the chat could not start:', error);
+        // Browsers from before 'wasm-unsafe-eval' (Safari 15, Chrome 96)
+        // refuse to compile WebAssembly under the page's security policy.
+        fail(error instanceof WebAssembly.CompileError
+          ? 'This browser is too old to run the chat safely: Chrome or Edge 97, Firefox 102 or Safari 16 and later can.'
+          : 'The chat could not start. Reload the page to try again.');
+      });
+  }
 }

@@ -2,13 +2,14 @@
 // staging folder before it becomes dist/.
 //
 // - Release builds: every script minified with terser (Trunk's own minifier
-//   cannot parse wasm-bindgen's glue), and the integrity hashes in
-//   index.html updated to match.
+//   cannot parse wasm-bindgen's glue), renamed by a hash of what it now
+//   holds (hashed names are cached for a year: a name must never stand for
+//   other bytes), and index.html updated to match, integrity included.
 // - Every build: a brotli and a gzip copy beside each file worth
 //   compressing, which chat-local serves to browsers that accept them
 //   (CloudFront compresses on its own, and the deploy leaves the copies out).
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brotliCompressSync, constants, gzipSync } from 'node:zlib';
 import { minify } from 'terser';
@@ -21,12 +22,20 @@ const integrity = (bytes) => `sha384-${createHash('sha384').update(bytes).digest
 if (release) {
   const indexPath = join(dir, 'index.html');
   let index = readFileSync(indexPath, 'utf8');
-  for (const file of readdirSync(dir).filter((name) => name.endsWith('.js'))) {
-    const path = join(dir, file);
-    const source = readFileSync(path, 'utf8');
+  const replaceOnce = (text, from, to) => {
+    const parts = text.split(from);
+    if (parts.length !== 2) throw new Error(`expected ${from} once in index.html, found it ${parts.length - 1} times`);
+    return parts.join(to);
+  };
+  for (const file of readdirSync(dir).filter((name) => /-[0-9a-f]{16}\.js$/.test(name))) {
+    const source = readFileSync(join(dir, file), 'utf8');
     const { code } = await minify(source, { module: true, compress: { passes: 2 }, mangle: true });
-    writeFileSync(path, code);
-    index = index.replaceAll(integrity(source), integrity(code));
+    const hash = createHash('sha256').update(code).digest('hex').slice(0, 16);
+    const renamed = file.replace(/-[0-9a-f]{16}\.js$/, `-${hash}.js`);
+    writeFileSync(join(dir, renamed), code);
+    if (renamed !== file) rmSync(join(dir, file));
+    index = replaceOnce(index, `/${file}"`, `/${renamed}"`);
+    index = replaceOnce(index, integrity(source), integrity(code));
   }
   writeFileSync(indexPath, index);
 }

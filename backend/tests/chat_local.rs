@@ -122,6 +122,28 @@ async fn joiners_get_the_last_50_messages_oldest_first() {
 
     let (_cy, joined) = server.join("elsewhere", "Cy").await;
     assert_eq!(joined["history"], json!([]));
+
+    // Older ones come a page at a time.
+    let (mut bo, joined) = server.join("history", "Bo").await;
+    let oldest = joined["history"][0]["id"].clone();
+    send(&mut bo, json!({"action": "history", "before": oldest})).await;
+    let page = expect(&mut bo, "history").await;
+    assert_eq!(page["room"], "history");
+    assert_eq!(page["messages"].as_array().unwrap()[..], sent[..5]);
+    assert_eq!(page["more"], false);
+    send(
+        &mut bo,
+        json!({"action": "history", "before": sent[0]["id"]}),
+    )
+    .await;
+    assert_eq!(
+        expect(&mut bo, "history").await,
+        json!({"type": "history", "room": "history", "messages": [], "more": false})
+    );
+    send(&mut bo, json!({"action": "leave"})).await;
+    expect(&mut bo, "left").await;
+    send(&mut bo, json!({"action": "history"})).await;
+    expect_error(&mut bo, "not_in_room").await;
 }
 
 #[tokio::test]

@@ -120,9 +120,10 @@ fn client_text() -> impl Strategy<Value = String> {
             prop_oneof![string_literal(), json_value()],
             prop_oneof![string_literal(), json_value()],
             prop_oneof![string_literal(), json_value()],
+            prop_oneof![string_literal(), json_value()],
         )
-            .prop_map(|(action, room, name, data)| format!(
-                r#"{{"action":{action},"room":{room},"name":{name},"data":{data}}}"#
+            .prop_map(|(action, room, name, data, before)| format!(
+                r#"{{"action":{action},"room":{room},"name":{name},"data":{data},"before":{before}}}"#
             )),
         // The valid frames themselves, so the handler's paths are all taken.
         prop::sample::select(vec![
@@ -130,6 +131,8 @@ fn client_text() -> impl Strategy<Value = String> {
             r#"{"action":"sendmessage","data":"hello"}"#,
             r#"{"action":"leave"}"#,
             r#"{"action":"ping"}"#,
+            r#"{"action":"history"}"#,
+            r#"{"action":"history","before":"9999999999999-ffffffffffffffff"}"#,
         ])
         .prop_map(str::to_owned),
         json_value(),
@@ -288,7 +291,16 @@ fn the_handlers_answer_every_frame() {
                     prop_assert!(left, "{:?}", sent);
                     joined = false;
                 }
-                Ok(ClientFrame::SendMessage { .. } | ClientFrame::Leave) => {
+                Ok(ClientFrame::History { .. }) if joined => {
+                    prop_assert!(errors.is_empty(), "{:?}", sent);
+                    let paged = matches!(sent.front(), Some(ServerFrame::History { .. }));
+                    prop_assert!(paged, "{:?}", sent);
+                }
+                Ok(
+                    ClientFrame::SendMessage { .. }
+                    | ClientFrame::Leave
+                    | ClientFrame::History { .. },
+                ) => {
                     prop_assert_eq!(errors, vec![shared::ErrorCode::NotInRoom]);
                 }
                 Ok(ClientFrame::Ping) => {

@@ -12,6 +12,7 @@ use backend::store::Store;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use common::Dynamo;
 use serde_json::{Value, json};
+use shared::limits::SERVER_FRAME_MAX_BYTES;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -108,6 +109,11 @@ fn recorded(file: &str, id: &str) -> ApiGatewayWebsocketProxyRequest {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut event: ApiGatewayWebsocketProxyRequest = serde_json::from_str(&text).unwrap();
     event.request_context.connection_id = Some(id.into());
+    // Stamped now, as API Gateway would: a record from the recording's time
+    // would expire (and drop out of queries) a few hours after it.
+    if event.request_context.connected_at != 0 {
+        event.request_context.connected_at = backend::chat::now_ms() as i64;
+    }
     event
 }
 
@@ -128,10 +134,9 @@ async fn recorded_events_drive_a_whole_chat() {
 
     // connect.json carries ?room=chat:1&name=Ada.
     let mut ada = register(harness.chat.pusher(), "Bq9ZrdMtDoEAcdA=");
-    let response = harness
-        .chat
-        .handle(recorded("connect.json", "Bq9ZrdMtDoEAcdA="))
-        .await;
+    let connect = recorded("connect.json", "Bq9ZrdMtDoEAcdA=");
+    let connected_at = connect.request_context.connected_at as u64;
+    let response = harness.chat.handle(connect).await;
     assert_eq!(response.status_code, 200);
     let ada_id = "Bq9ZrdMtDoEAcdA=";
     let record = harness
@@ -143,7 +148,7 @@ async fn recorded_events_drive_a_whole_chat() {
         .unwrap();
     assert_eq!(record.room.as_deref(), Some("chat:1"));
     assert_eq!(
-        record.connected_at, 1_795_694_400_000,
+        record.connected_at, connected_at,
         "connectedAt from the event"
     );
     nothing(&mut ada);
@@ -352,7 +357,7 @@ async fn a_room_of_thousands_gets_every_message_once() {
         harness
             .chat
             .store()
-            .add_connection(&id, 1, Some((&room, &name)))
+            .add_connection(&id, backend::chat::now_ms(), Some((&room, &name)))
             .await
             .unwrap();
     }
@@ -423,4 +428,117 @@ async fn a_page_from_another_site_is_refused_before_anything_is_recorded() {
         assert!(harness.chat.store().connection(id).await.unwrap().is_some());
         assert_eq!(next(&mut member)["type"], "presence", "{origin:?}");
     }
+}
+
+#[tokio::test]
+async fn history_pages_back_through_a_room_within_the_frame_limit() {
+    // Each page counts against the rate limit; this reader pages quickly.
+    let harness = Harness::with(ChatConfig {
+        rate_limit: None,
+        ..ChatConfig::default()
+    })
+    .await;
+    let (status, mut ada) = harness.connect("ada", &[]).await;
+    assert_eq!(status, 200);
+    // Before joining there is no room to page through.
+    harness
+        .send("ada", "history", json!({"action": "history"}))
+        .await;
+    assert_eq!(next(&mut ada)["code"], "not_in_room");
+
+    // 120 messages of up to 4 KB each, saved an hour ago and on.
+    let store = harness.chat.store();
+    let start = backend::chat::now_ms() - 3_600_000;
+    let mut saved = Vec::new();
+    for i in 0..120u64 {
+        let message = shared::ChatMessage {
+            id: format!("{:013}-{i:016x}", start + i),
+            room: "pages".into(),
+            name: "Bo".into(),
+            data: if i % 7 == 0 {
+                "\u{1}".repeat(4096)
+            } else {
+                format!("message {i}")
+            },
+            ts: start + i,
+        };
+        store.save_message(&message).await.unwrap();
+        saved.push(message);
+    }
+    harness
+        .send(
+            "ada",
+            "join",
+            json!({"action": "join", "room": "pages", "name": "Ada"}),
+        )
+        .await;
+    let joined = next(&mut ada);
+    assert_eq!(joined["type"], "joined");
+    let mut oldest = joined["history"][0]["id"].as_str().unwrap().to_owned();
+    let mut seen: Vec<String> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Page back until the server says there is no more: every message once,
+    // in order, every frame within API Gateway's limit.
+    loop {
+        harness
+            .send(
+                "ada",
+                "history",
+                json!({"action": "history", "before": oldest}),
+            )
+            .await;
+        let frame = ada.try_recv().expect("a history frame");
+        assert!(
+            frame.as_str().len() <= SERVER_FRAME_MAX_BYTES,
+            "{} bytes",
+            frame.as_str().len()
+        );
+        let page: Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(page["type"], "history", "{page}");
+        assert_eq!(page["room"], "pages");
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.iter().all(|id| *id < oldest), "only older messages");
+        if let Some(first) = ids.first() {
+            oldest = first.clone();
+        }
+        seen.splice(0..0, ids);
+        if page["more"] == false {
+            break;
+        }
+        assert!(seen.len() <= saved.len(), "the paging ends");
+    }
+    let expected: Vec<String> = saved.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(seen, expected, "every message once, oldest first");
+
+    // A page with no `before` is the newest one.
+    harness
+        .send("ada", "history", json!({"action": "history"}))
+        .await;
+    let newest = next(&mut ada);
+    assert_eq!(newest["more"], true);
+    assert_eq!(
+        newest["messages"].as_array().unwrap().last().unwrap()["id"],
+        saved[119].id.as_str()
+    );
+
+    // A `before` that is not a message id is refused.
+    harness
+        .send(
+            "ada",
+            "history",
+            json!({"action": "history", "before": "x y"}),
+        )
+        .await;
+    assert_eq!(next(&mut ada)["code"], "bad_request");
+    nothing(&mut ada);
 }

@@ -30,13 +30,21 @@ fn name(name: &str) -> Name {
     Name::parse(name).unwrap()
 }
 
+/// An instant an hour ago, the same for the whole test run: records stamped
+/// long ago would be expired, and queries leave expired items out.
+fn recently() -> u64 {
+    static AN_HOUR_AGO: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *AN_HOUR_AGO.get_or_init(|| backend::chat::now_ms() - 3_600_000)
+}
+
 fn message(room: &str, i: u64) -> ChatMessage {
+    let ts = recently() + i;
     ChatMessage {
-        id: format!("{:013}-{i:016x}", 1_700_000_000_000 + i),
+        id: format!("{ts:013}-{i:016x}"),
         room: room.into(),
         name: "Ada".into(),
         data: format!("message {i}"),
-        ts: 1_700_000_000_000 + i,
+        ts,
     }
 }
 
@@ -44,18 +52,19 @@ fn message(room: &str, i: u64) -> ChatMessage {
 async fn room_members_follow_every_page() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, Some(3)).await;
+    let now = backend::chat::now_ms();
     for i in 0..10 {
         let id = format!("conn-{i}");
         store
-            .add_connection(&id, 1, Some((&room("big"), &name(&format!("user {i}")))))
+            .add_connection(&id, now, Some((&room("big"), &name(&format!("user {i}")))))
             .await
             .unwrap();
     }
     store
-        .add_connection("other", 1, Some((&room("small"), &name("Bo"))))
+        .add_connection("other", now, Some((&room("small"), &name("Bo"))))
         .await
         .unwrap();
-    store.add_connection("lobbyist", 1, None).await.unwrap();
+    store.add_connection("lobbyist", now, None).await.unwrap();
 
     let mut members = store.room_members("big").await.unwrap().to_vec();
     members.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
@@ -76,7 +85,7 @@ async fn room_members_follow_every_page() {
 async fn membership_changes_return_the_connection_as_it_was() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, None).await;
-    store.add_connection("c1", 42, None).await.unwrap();
+    store.add_connection("c1", recently(), None).await.unwrap();
 
     let before = store
         .join_room("c1", &room("one"), &name("Ada"))
@@ -85,7 +94,7 @@ async fn membership_changes_return_the_connection_as_it_was() {
         .unwrap();
     assert_eq!(
         (before.room, before.name, before.connected_at),
-        (None, None, 42)
+        (None, None, recently())
     );
     let before = store
         .join_room("c1", &room("two"), &name("Ada"))
@@ -167,6 +176,46 @@ async fn a_message_id_is_never_overwritten() {
 }
 
 #[tokio::test]
+async fn expired_items_are_left_out_before_dynamodb_deletes_them() {
+    // Page size 1: the filter must not end the paging early.
+    let dynamo = Dynamo::start().await;
+    let store = store(&dynamo, Some(1)).await;
+    let config = StoreConfig::default();
+    let now = backend::chat::now_ms();
+    let hour = 3_600_000;
+    let stale = now - config.connection_ttl.as_millis() as u64 - hour;
+    store
+        .add_connection("stale", stale, Some((&room("ttl"), &name("Old"))))
+        .await
+        .unwrap();
+    store
+        .add_connection("live", now, Some((&room("ttl"), &name("New"))))
+        .await
+        .unwrap();
+    let members = store.room_members("ttl").await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| &*m.name).collect::<Vec<_>>(),
+        ["New"],
+        "an expired connection record is nobody"
+    );
+
+    let old = now - config.message_ttl.as_millis() as u64 - hour;
+    let mut messages = Vec::new();
+    for (i, ts) in [old, old + 1, now - 2, now - 1].into_iter().enumerate() {
+        let mut message = message("ttl", i as u64);
+        message.id = format!("{ts:013}-{i:016x}");
+        message.ts = ts;
+        store.save_message(&message).await.unwrap();
+        messages.push(message);
+    }
+    assert_eq!(
+        store.recent_messages("ttl", 50).await.unwrap(),
+        messages[2..],
+        "history older than the retention is not shown"
+    );
+}
+
+#[tokio::test]
 async fn items_carry_a_ttl_and_the_tables_enable_it() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, None).await;
@@ -228,7 +277,7 @@ async fn reset_connections_forgets_every_connection_and_keeps_messages() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, None).await;
     store
-        .add_connection("c1", 1, Some((&room("r"), &name("Ada"))))
+        .add_connection("c1", recently(), Some((&room("r"), &name("Ada"))))
         .await
         .unwrap();
     store.save_message(&message("r", 1)).await.unwrap();
@@ -238,7 +287,7 @@ async fn reset_connections_forgets_every_connection_and_keeps_messages() {
     assert_eq!(store.recent_messages("r", 50).await.unwrap().len(), 1);
     // And the table works as before.
     store
-        .add_connection("c2", 1, Some((&room("r"), &name("Bo"))))
+        .add_connection("c2", recently(), Some((&room("r"), &name("Bo"))))
         .await
         .unwrap();
     assert_eq!(store.room_members("r").await.unwrap().len(), 1);
@@ -252,7 +301,7 @@ async fn rate_limit_sequence(store: &impl Store) {
     let limit = RateLimit::new(2.0, 3).unwrap().unwrap();
     let limit = Some(&limit);
     store
-        .add_connection("c1", 1, Some((&room("r"), &name("Ada"))))
+        .add_connection("c1", recently(), Some((&room("r"), &name("Ada"))))
         .await
         .unwrap();
     let start = 1_700_000_000 * SECOND;

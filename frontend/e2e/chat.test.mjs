@@ -600,6 +600,33 @@ test('the app is served compressed, cached by name and under a strict Content-Se
   await page.context().close();
 });
 
+test('older messages load at the top of the log, once each, without moving the view', async () => {
+  // 70 messages: the joiner gets the latest 50, the rest a page later.
+  const posters = Array.from({ length: 14 }, (_, i) => `P${String(i).padStart(2, '0')}`);
+  for (const who of posters) {
+    await postAs(who, 'older-room', Array.from({ length: 5 }, (_, i) => `${who} says ${i}`));
+  }
+  const page = await openAs('Olga', 'older-room');
+  await log(page).getByText('P13 says 4', { exact: true }).waitFor(WAIT);
+  assert.equal(await log(page).getByText('P00 says 0', { exact: true }).count(), 0, 'not in the first 50');
+  const firstShown = log(page).getByText('P04 says 0', { exact: true });
+  await firstShown.waitFor(WAIT);
+
+  // Scrolling to the top asks for the page before; the message that was at
+  // the top stays where the reader left it.
+  await log(page).evaluate((el) => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); });
+  const before = await firstShown.boundingBox();
+  await log(page).getByText('P00 says 0', { exact: true }).waitFor({ state: 'attached', ...WAIT });
+  await page.getByText('The start of the conversation').waitFor({ state: 'attached', ...WAIT });
+  const after = await firstShown.boundingBox();
+  assert.ok(Math.abs(after.y - before.y) < 4, `the view stayed: ${before.y} → ${after.y}`);
+  const texts = await log(page).locator('.message .text').allInnerTexts();
+  assert.equal(texts.length, 70, 'every message once');
+  assert.deepEqual(texts.slice(0, 2), ['P00 says 0', 'P00 says 1'], 'oldest first');
+  assert.equal(await page.getByRole('button', { name: 'Load older messages' }).count(), 0);
+  await page.context().close();
+});
+
 test('a rejoin the server fails after a reconnect is tried again', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -14,13 +14,16 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{MessageEvent, WebSocket};
 
-use crate::state::{ChatState, Followup, Status};
+use crate::state::{ChatState, Followup, Older, Request, Status};
 use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(15);
 /// A join the server failed is sent again after this long.
 const JOIN_RETRY: Duration = Duration::from_secs(3);
+/// A connection that stays up this long ends the backoff: one that a server
+/// accepts and drops at once still backs off.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// Sends frames to the server. A frame sent while offline is dropped: the UI
 /// only offers actions that need the server while it is online, and every
@@ -38,8 +41,12 @@ struct Link {
     socket: Option<WebSocket>,
     /// The socket's event handlers, alive as long as it is.
     handlers: Vec<Closure<dyn FnMut(JsValue)>>,
-    /// Connection attempts that failed since the last one that opened.
+    /// Which socket is current: events of an older one are ignored.
+    generation: u32,
+    /// Connection attempts that failed (or did not last) in a row.
     failures: u32,
+    /// Ends the backoff once the connection has lasted.
+    steady: Option<Timeout>,
     /// When a frame was last sent (ms), for the heartbeat.
     last_sent: f64,
     heartbeat: Option<Timeout>,
@@ -66,15 +73,18 @@ pub fn connect(state: ChatState) -> Outbox {
 }
 
 impl Outbox {
-    pub fn send(&self, frame: ClientFrame) {
+    /// Sends `frame` if the socket is open; whether it did.
+    pub fn send(&self, frame: ClientFrame) -> bool {
         let socket = self.link.with_value(|link| link.socket.clone());
         let Some(socket) = socket.filter(|s| s.ready_state() == WebSocket::OPEN) else {
-            return;
+            return false;
         };
-        if socket.send_with_str(&frame.to_json()).is_ok() {
+        let sent = socket.send_with_str(&frame.to_json()).is_ok();
+        if sent {
             self.link
                 .update_value(|link| link.last_sent = js_sys::Date::now());
         }
+        sent
     }
 
     fn open(self) {
@@ -85,9 +95,16 @@ impl Outbox {
                 .map(|s| s.websocket_url.clone())
                 .unwrap_or_default()
         });
+        let generation = self
+            .link
+            .try_update_value(|link| {
+                link.generation = link.generation.wrapping_add(1);
+                link.generation
+            })
+            .unwrap_or_default();
         let Ok(socket) = WebSocket::new(&url) else {
             // A URL the browser refuses: retried like a failed connection.
-            return self.closed();
+            return self.closed(generation);
         };
         let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| self.opened());
         let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
@@ -95,10 +112,13 @@ impl Outbox {
                 self.received(&text);
             }
         });
-        let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| self.closed());
+        // A socket the page's policy blocks gets an `error` and no `close`:
+        // both mean this socket is over (whichever comes first counts).
+        let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| self.closed(generation));
         socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        socket.set_onerror(Some(on_close.as_ref().unchecked_ref()));
         self.link.update_value(|link| {
             link.socket = Some(socket);
             link.handlers = vec![on_open, on_message, on_close];
@@ -107,16 +127,25 @@ impl Outbox {
 
     fn opened(self) {
         let state = self.state;
-        self.link.update_value(|link| link.failures = 0);
+        let steady = Timeout::new(STEADY.as_millis() as u32, move || {
+            self.link.update_value(|link| link.failures = 0);
+        });
+        self.link.update_value(|link| link.steady = Some(steady));
         state.status.set(Status::Online);
         // Nothing sent on the old socket will be answered on this one: the
         // oldest unanswered text goes back to the composer, to be sent again.
-        if let Some(unsent) = state
+        let unanswered = state
             .unanswered
-            .try_update_value(|unanswered| std::mem::take(unanswered).pop_front())
-            .flatten()
-        {
+            .try_update_value(std::mem::take)
+            .unwrap_or_default();
+        if let Some(unsent) = unanswered.into_iter().find_map(|request| match request {
+            Request::Message(text) => Some(text),
+            Request::History => None,
+        }) {
             state.restore_draft(unsent);
+        }
+        if state.older.get_untracked() == Older::Loading {
+            state.older.set(Older::Maybe);
         }
         self.rejoin_target();
         self.beat();
@@ -141,8 +170,10 @@ impl Outbox {
         });
         let quiet_for = js_sys::Date::now() - self.link.with_value(|link| link.last_sent);
         let heartbeat_ms = heartbeat.as_millis() as f64;
-        if quiet_for >= heartbeat_ms {
-            self.send(ClientFrame::Ping);
+        // A socket that is no longer open stops beating; the next one that
+        // opens starts again.
+        if quiet_for >= heartbeat_ms && !self.send(ClientFrame::Ping) {
+            return;
         }
         let quiet_for = js_sys::Date::now() - self.link.with_value(|link| link.last_sent);
         let wait = (heartbeat_ms - quiet_for).clamp(0.0, heartbeat_ms) as u32;
@@ -163,16 +194,24 @@ impl Outbox {
         }
     }
 
-    /// The socket closed (or never opened): counts down, then tries again.
-    fn closed(self) {
+    /// Socket `generation` closed (or never opened): counts down, then
+    /// tries again. An older socket's events, or a second one of this
+    /// socket's, change nothing.
+    fn closed(self, generation: u32) {
         let delay = self.link.try_update_value(|link| {
-            link.socket = None;
+            if link.generation != generation || link.retry.is_some() {
+                return None;
+            }
+            if let Some(socket) = link.socket.take() {
+                let _ = socket.close();
+            }
             link.heartbeat = None;
             link.rejoin = None;
+            link.steady = None;
             link.failures += 1;
-            retry_delay(link.failures)
+            Some(retry_delay(link.failures))
         });
-        let Some(delay) = delay else { return };
+        let Some(delay) = delay.flatten() else { return };
         let mut left = (delay.as_millis() as u32).div_ceil(1000).max(1);
         self.state.status.set(Status::Offline(left));
         let tick = delay.min(Duration::from_secs(1)).as_millis() as u32;

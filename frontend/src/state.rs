@@ -62,10 +62,11 @@ pub struct ChatState {
     pub draft: RwSignal<String>,
     /// Messages that came while the tab was hidden (shown in its title).
     pub unread: RwSignal<usize>,
-    /// Messages sent and not yet answered, oldest first: the server answers
-    /// each, in order, with the message itself or an error, and one refused
-    /// for coming too fast goes back to the composer.
-    pub unanswered: StoredValue<std::collections::VecDeque<String>>,
+    /// Requests sent and not yet answered, oldest first: the server answers
+    /// each, in order, with the message itself (or a `history` frame) or an
+    /// error, and a message refused for coming too fast goes back to the
+    /// composer.
+    pub unanswered: StoredValue<std::collections::VecDeque<Request>>,
     seen: StoredValue<BTreeSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
@@ -81,6 +82,27 @@ pub struct ChatState {
     /// Whether the log should follow new entries: the reader is at the
     /// newest, or has just sent something.
     pub follow: StoredValue<bool>,
+    /// Whether the room has messages older than the log's first.
+    pub older: RwSignal<Older>,
+}
+
+/// A request that the server answers with a frame of its own or an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A `sendmessage`, with its text.
+    Message(String),
+    History,
+}
+
+/// What is known of the messages before the log's first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Older {
+    /// There may be some: a `history` request will tell.
+    Maybe,
+    /// A `history` request is on its way.
+    Loading,
+    /// The log starts where the room's history does.
+    None,
 }
 
 /// What the socket should do after a frame.
@@ -133,6 +155,7 @@ impl ChatState {
             loaded_at: crate::browser::now_ms(),
             in_flight: StoredValue::new(None),
             follow: StoredValue::new(true),
+            older: RwSignal::new(Older::Maybe),
         }
     }
 
@@ -165,6 +188,11 @@ impl ChatState {
                     self.seen.update_value(BTreeSet::clear);
                     self.pending.update_value(Vec::clear);
                     self.follow.set_value(true);
+                    self.older.set(if history.is_empty() {
+                        Older::None
+                    } else {
+                        Older::Maybe
+                    });
                 }
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
@@ -197,7 +225,9 @@ impl ChatState {
                     && self
                         .unanswered
                         .try_update_value(|unanswered| {
-                            let at = unanswered.iter().position(|d| *d == message.data)?;
+                            let at = unanswered.iter().position(
+                                |r| matches!(r, Request::Message(d) if *d == message.data),
+                            )?;
                             unanswered.remove(at)
                         })
                         .flatten()
@@ -265,14 +295,36 @@ impl ChatState {
                     .unanswered
                     .try_update_value(|unanswered| unanswered.pop_front())
                     .flatten()
-                    && code == ErrorCode::RateLimited
                 {
-                    self.restore_draft(refused);
+                    match refused {
+                        Request::Message(text) if code == ErrorCode::RateLimited => {
+                            self.restore_draft(text)
+                        }
+                        Request::Message(_) => {}
+                        // Asking again is up to the reader.
+                        Request::History => self.older.set(Older::Maybe),
+                    }
                 }
                 // The server has lost this tab's membership (a store
                 // outage, a record expired): join again.
                 if code == ErrorCode::NotInRoom && current.is_some() {
                     return Followup::RetryJoin;
+                }
+            }
+            ServerFrame::History {
+                room,
+                messages,
+                more,
+            } => {
+                self.unanswered.update_value(|unanswered| {
+                    if let Some(at) = unanswered.iter().position(|r| *r == Request::History) {
+                        unanswered.remove(at);
+                    }
+                });
+                if self.is_current_room(&room) {
+                    self.add_older(messages.into_iter().map(|HistoryEntry::Message(m)| m));
+                    self.older
+                        .set(if more { Older::Maybe } else { Older::None });
                 }
             }
             ServerFrame::Pong => {}
@@ -420,6 +472,37 @@ impl ChatState {
     fn is_current_room(&self, room: &str) -> bool {
         self.joined
             .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room))
+    }
+
+    /// Messages from before the log's first (oldest first), put before it.
+    fn add_older(&self, messages: impl Iterator<Item = ChatMessage>) {
+        let older: Vec<Entry> = messages
+            .filter(|message| {
+                self.seen
+                    .try_update_value(|seen| seen.insert(message.id.clone()))
+                    .unwrap_or(false)
+            })
+            .map(|message| {
+                let mine = self.sent.with_value(|sent| sent.contains(&message.id))
+                    || (message.ts < self.loaded_at && self.is_mine(&message));
+                Entry::Message(message, mine)
+            })
+            .collect();
+        if !older.is_empty() {
+            self.log.update(|log| {
+                log.splice(0..0, older);
+            });
+        }
+    }
+
+    /// The id of the log's first message: where older history ends.
+    pub fn first_message_id(&self) -> Option<String> {
+        self.log.with_untracked(|log| {
+            log.iter().find_map(|entry| match entry {
+                Entry::Message(message, _) => Some(message.id.clone()),
+                Entry::Notice { .. } => None,
+            })
+        })
     }
 
     fn add_message(&self, message: ChatMessage, mine: bool) {

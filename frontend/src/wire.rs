@@ -28,6 +28,8 @@ pub fn parse_frame(text: &str) -> Result<ServerFrame, String> {
         code: string(&frame, "code")
             .map(|code| ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Internal)),
         message: string(&frame, "message"),
+        messages: list(&frame, "messages", |entry| message(&entry)),
+        more: field(&frame, "more").and_then(|more| more.as_bool()),
     };
     ServerFrame::try_from(fields)
 }

@@ -2,6 +2,8 @@
 use serde_json::{Map, Value};
 
 #[cfg(feature = "serde")]
+use crate::limits::MESSAGE_ID_MAX_LEN;
+#[cfg(feature = "serde")]
 use crate::{ErrorCode, ProtocolError, check_message_data};
 use crate::{Name, Room};
 
@@ -16,6 +18,10 @@ pub enum ClientFrame {
     Leave,
     /// Answered with a `pong`.
     Ping,
+    /// Older messages of the room this connection has joined: those before
+    /// the message `before` (the newest ones without it), answered with a
+    /// `history` frame.
+    History { before: Option<String> },
 }
 
 impl ClientFrame {
@@ -50,10 +56,21 @@ impl ClientFrame {
             }
             "leave" => Ok(Self::Leave),
             "ping" => Ok(Self::Ping),
+            "history" => Ok(Self::History {
+                before: match fields.get("before") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(id)) if is_message_id(id) => Some(id.clone()),
+                    Some(_) => {
+                        return Err(ProtocolError::bad_request(format!(
+                            "\"before\" must be a message id (1 to {MESSAGE_ID_MAX_LEN} letters, digits and '-')"
+                        )));
+                    }
+                },
+            }),
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownAction,
                 format!(
-                    "unknown action {:?}; expected join, sendmessage, leave or ping",
+                    "unknown action {:?}; expected join, sendmessage, leave, history or ping",
                     truncate(other, 64)
                 ),
             )),
@@ -78,6 +95,13 @@ impl ClientFrame {
             }
             Self::Leave => json.push_str("\"leave\""),
             Self::Ping => json.push_str("\"ping\""),
+            Self::History { before } => {
+                json.push_str("\"history\"");
+                if let Some(before) = before {
+                    json.push_str(",\"before\":");
+                    push_json_string(&mut json, before);
+                }
+            }
         }
         json.push('}');
         json
@@ -116,6 +140,14 @@ fn string_field<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str
         ))),
         None => Err(ProtocolError::bad_request(format!("missing \"{key}\""))),
     }
+}
+
+/// Message ids are the server's own (`ids::message_id`): digits, letters and
+/// `-`, so any id a client names is short and printable.
+#[cfg(feature = "serde")]
+fn is_message_id(id: &str) -> bool {
+    (1..=MESSAGE_ID_MAX_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Keeps error messages small when a client echoes something huge back at us.
@@ -183,6 +215,10 @@ mod tests {
             },
             ClientFrame::Leave,
             ClientFrame::Ping,
+            ClientFrame::History { before: None },
+            ClientFrame::History {
+                before: Some("1700000000000-00000000000000ff".into()),
+            },
         ];
         for frame in frames {
             assert_eq!(ClientFrame::parse(&frame.to_json()).unwrap(), frame);
@@ -213,6 +249,18 @@ mod tests {
         assert_eq!(code_of("{}"), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"action":7}"#), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"action":"dance"}"#), ErrorCode::UnknownAction);
+        assert_eq!(
+            code_of(r#"{"action":"history","before":7}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"action":"history","before":"a\"b"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"action":"history","before":""}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             code_of(r#"{"action":"join","name":"a"}"#),
             ErrorCode::BadRequest

@@ -23,8 +23,16 @@ pub mod limits {
     pub const NAME_MAX_CHARS: usize = 32;
     /// Largest message body, in bytes of UTF-8.
     pub const DATA_MAX_BYTES: usize = 4096;
-    /// Largest frame the server may send: API Gateway's limit for one message.
-    pub const SERVER_FRAME_MAX_BYTES: usize = 128 * 1024;
-    /// How many past messages a joiner receives at most.
+    /// Largest frame the server sends: API Gateway's frame size limit, which
+    /// applies to posts through its Management API too. `joined` and
+    /// `history` carry fewer messages when more would not fit.
+    pub const SERVER_FRAME_MAX_BYTES: usize = 32 * 1024;
+    /// Largest message a client may send (in one or more frames): API
+    /// Gateway's message size limit.
+    pub const CLIENT_MESSAGE_MAX_BYTES: usize = 128 * 1024;
+    /// How many past messages a joiner receives at most, and how many one
+    /// `history` request returns at most.
     pub const HISTORY_LEN: usize = 50;
+    /// Longest message id a `history` request may name.
+    pub const MESSAGE_ID_MAX_LEN: usize = 64;
 }

@@ -47,6 +47,14 @@ pub enum ServerFrame {
         message: String,
     },
     Pong,
+    /// To a `history` request: the messages before the one it named, oldest
+    /// first, as many as fit in one frame; `more` says whether older ones
+    /// remain.
+    History {
+        room: String,
+        messages: Vec<HistoryEntry>,
+        more: bool,
+    },
 }
 
 /// A message as posted to a room.
@@ -100,6 +108,8 @@ pub struct ServerFields {
     pub event: Option<PresenceEvent>,
     pub code: Option<ErrorCode>,
     pub message: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    pub more: Option<bool>,
 }
 
 impl TryFrom<ServerFields> for ServerFrame {
@@ -143,6 +153,14 @@ impl TryFrom<ServerFields> for ServerFrame {
                 message: take!(message),
             },
             "pong" => Self::Pong,
+            "history" => Self::History {
+                room: take!(room),
+                messages: take!(messages)
+                    .into_iter()
+                    .map(HistoryEntry::Message)
+                    .collect(),
+                more: take!(more),
+            },
             _ => return Err(format!("unknown frame type {kind:?}")),
         })
     }
@@ -305,6 +323,15 @@ mod tests {
             json!({"type":"error","code":"not_in_room","message":"join first"})
         );
         assert_eq!(as_json(&ServerFrame::Pong), json!({"type":"pong"}));
+        assert_eq!(
+            as_json(&ServerFrame::History {
+                room: "r".into(),
+                messages: vec![HistoryEntry::Message(message())],
+                more: true,
+            }),
+            json!({"type":"history","room":"r","more":true,
+                   "messages":[{"type":"message","id":"0001-a","room":"r","name":"Ada","data":"<script>","ts":1_700_000_000_000u64}]})
+        );
     }
 
     #[test]

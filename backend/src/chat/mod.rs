@@ -214,6 +214,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             Ok(ClientFrame::Join { room, name }) => self.join(connection_id, room, name).await,
             Ok(ClientFrame::SendMessage { data }) => self.send_message(connection_id, data).await,
             Ok(ClientFrame::Leave) => self.leave(connection_id).await,
+            Ok(ClientFrame::History { before }) => self.history(connection_id, before).await,
             Ok(ClientFrame::Ping) => {
                 self.reply(connection_id, &ServerFrame::Pong).await;
                 Ok(())
@@ -295,6 +296,39 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             self.deliver(&recipients, presence).await;
         }
         tracing::info!(connection_id, room = room.as_str(), rejoin, "joined");
+        Ok(())
+    }
+
+    /// `history`: a page of the room's older messages, to the asker only.
+    /// It counts against the rate limit like a message: each is a Query.
+    async fn history(&self, connection_id: &str, before: Option<String>) -> Result<(), ChatError> {
+        let connection = match self
+            .store
+            .admit_message(connection_id, self.config.rate_limit.as_ref(), now_us())
+            .await?
+        {
+            Admission::Admitted(connection) => connection,
+            Admission::Limited => return Err(rate_limited()),
+            Admission::Unknown => return Err(not_in_room()),
+        };
+        let Some(room) = connection.room else {
+            return Err(not_in_room());
+        };
+        // One more than a page tells whether older ones remain.
+        let mut messages = match &before {
+            Some(before) => {
+                self.store
+                    .messages_before(&room, before, HISTORY_LEN + 1)
+                    .await?
+            }
+            None => self.store.recent_messages(&room, HISTORY_LEN + 1).await?,
+        };
+        let more = messages.len() > HISTORY_LEN;
+        if more {
+            messages.remove(0);
+        }
+        let frame = joined::history_frame(&room, messages, more);
+        self.push_one(connection_id, frame).await;
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use shared::limits::SERVER_FRAME_MAX_BYTES;
+use shared::limits::CLIENT_MESSAGE_MAX_BYTES;
 use shared::{ErrorCode, ServerFrame};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -91,11 +91,13 @@ impl Default for GatewayConfig {
         Self {
             stage: "local".into(),
             domain_name: "localhost".into(),
-            routes: ["join", "sendmessage", "leave"].map(String::from).to_vec(),
+            routes: ["join", "sendmessage", "leave", "history"]
+                .map(String::from)
+                .to_vec(),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             max_connection_duration: Duration::from_secs(2 * 3600),
-            max_message_size: SERVER_FRAME_MAX_BYTES,
+            max_message_size: CLIENT_MESSAGE_MAX_BYTES,
             max_read_size: 1024 * 1024,
             max_connections: 20_000,
             max_connections_per_ip: None,

@@ -239,10 +239,14 @@ mod tests {
             "join",
             "sendmessage",
             "leave",
+            "history",
         ] {
             assert_eq!(routes.function_for(route), Some("chat-lambda"), "{route}");
         }
-        assert_eq!(routes.action_routes(), ["join", "leave", "sendmessage"]);
+        assert_eq!(
+            routes.action_routes(),
+            ["history", "join", "leave", "sendmessage"]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, VARY};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tower_http::services::ServeDir;
@@ -70,12 +70,19 @@ fn websocket_origin(dist: &Path) -> Option<String> {
     origin
 }
 
+/// The origin a browser's `new WebSocket(url)` connects to, as a policy
+/// source: the scheme read as browsers read it (any case; `http(s)` means
+/// `ws(s)`), the host only if it is plainly a host.
 fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
-    let host = rest.split(['/', '?', '#']).next()?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        _ => return None,
+    };
+    let host = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
-    (matches!(scheme, "ws" | "wss") && !host.is_empty() && host.chars().all(plain))
-        .then(|| format!("{scheme}://{host}"))
+    (!host.is_empty() && host.chars().all(plain)).then(|| format!("{scheme}://{host}"))
 }
 
 /// Trunk names every built file but `index.html` by its content
@@ -103,7 +110,9 @@ async fn headers(State(dist): State<Arc<PathBuf>>, request: Request, next: Next)
             .headers_mut()
             .insert(CONTENT_SECURITY_POLICY, policy);
     }
-    let cache = if hashed && response.status().is_success() {
+    // A 304's headers replace the cached ones, so it says the same.
+    let found = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+    let cache = if hashed && found {
         IMMUTABLE
     } else {
         REVALIDATE
@@ -160,7 +169,15 @@ mod tests {
             origin_of("ws://127.0.0.1:9000/ws").as_deref(),
             Some("ws://127.0.0.1:9000")
         );
-        assert_eq!(origin_of("https://example.com/ws"), None);
+        assert_eq!(
+            origin_of("WSS://Chat.Example.com/ws").as_deref(),
+            Some("wss://chat.example.com")
+        );
+        assert_eq!(
+            origin_of("https://example.com/ws").as_deref(),
+            Some("wss://example.com")
+        );
+        assert_eq!(origin_of("ftp://example.com/ws"), None);
         assert_eq!(origin_of("wss://evil.com; script-src *"), None);
         assert_eq!(origin_of("wss:///path"), None);
         assert!(

@@ -27,6 +27,11 @@ use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError
 
 pub const ROOM_INDEX: &str = "room-index";
 const TTL_ATTRIBUTE: &str = "expiresAt";
+/// DynamoDB deletes expired items within days, not at once; until then
+/// queries still return them, so each query leaves them out itself. (An item
+/// from before there was a TTL, or a record from an index that does not
+/// project it, has none and stays.)
+const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
 /// DynamoDB's limit of items per BatchWriteItem.
@@ -156,6 +161,8 @@ impl DynamoStore {
                 Projection::builder()
                     .projection_type(ProjectionType::Include)
                     .non_key_attributes("name")
+                    // So member queries can leave out expired records.
+                    .non_key_attributes(TTL_ATTRIBUTE)
                     .build(),
             )
             .build()
@@ -570,8 +577,11 @@ impl Store for DynamoStore {
                 .table_name(table)
                 .index_name(ROOM_INDEX)
                 .key_condition_expression("#room = :room")
+                .filter_expression(NOT_EXPIRED)
                 .expression_attribute_names("#room", "room")
+                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
                 .expression_attribute_values(":room", s(room))
+                .expression_attribute_values(":now", n(now_s()))
                 .set_limit(self.config.page_size)
                 .set_exclusive_start_key(start_key)
                 .send()
@@ -609,6 +619,28 @@ impl Store for DynamoStore {
         room: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.latest_messages(room, None, limit).await
+    }
+
+    async fn messages_before(
+        &self,
+        room: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.latest_messages(room, Some(before), limit).await
+    }
+}
+
+impl DynamoStore {
+    /// The latest `limit` messages of `room` (older than `before`, if
+    /// given), oldest first: a Query down the sort key, newest first.
+    async fn latest_messages(
+        &self,
+        room: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         let mut messages = Vec::with_capacity(limit);
         let mut start_key = None;
         while messages.len() < limit {
@@ -617,13 +649,22 @@ impl Store for DynamoStore {
                 .config
                 .page_size
                 .map_or(wanted, |size| size.min(wanted));
-            let page = self
-                .client
-                .query()
+            let mut query = self.client.query();
+            if let Some(before) = before {
+                query = query
+                    .key_condition_expression("#room = :room AND #id < :before")
+                    .expression_attribute_names("#id", "id")
+                    .expression_attribute_values(":before", s(before));
+            } else {
+                query = query.key_condition_expression("#room = :room");
+            }
+            let page = query
                 .table_name(&self.config.messages_table)
-                .key_condition_expression("#room = :room")
+                .filter_expression(NOT_EXPIRED)
                 .expression_attribute_names("#room", "room")
+                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
                 .expression_attribute_values(":room", s(room))
+                .expression_attribute_values(":now", n(now_s()))
                 .scan_index_forward(false)
                 // A joiner reads history after recording its membership;
                 // a message saved before this read must be in it.
@@ -645,6 +686,10 @@ impl Store for DynamoStore {
         messages.reverse();
         Ok(messages)
     }
+}
+
+fn now_s() -> u64 {
+    crate::chat::now_ms() / 1000
 }
 
 fn s(value: &str) -> AttributeValue {

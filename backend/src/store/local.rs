@@ -281,6 +281,17 @@ impl Store for LocalStore {
         Ok(())
     }
 
+    async fn messages_before(
+        &self,
+        room: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        // Older pages are read rarely and straight from the table: a message
+        // is delivered only once it is written there.
+        self.messages.messages_before(room, before, limit).await
+    }
+
     async fn recent_messages(
         &self,
         room: &str,

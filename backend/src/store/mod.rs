@@ -216,4 +216,14 @@ pub trait Store: Send + Sync + 'static {
         room: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ChatMessage>, StoreError>> + Send;
+
+    /// The latest `limit` messages of `room` older than the message with id
+    /// `before` (ids sort by time), oldest first: a page of a `history`
+    /// request.
+    fn messages_before(
+        &self,
+        room: &str,
+        before: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ChatMessage>, StoreError>> + Send;
 }

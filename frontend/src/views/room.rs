@@ -5,7 +5,7 @@ use shared::{ClientFrame, check_message_data, limits::DATA_MAX_BYTES};
 
 use super::{Chat, ConnectionStatus};
 use crate::browser;
-use crate::state::{Entry, Status};
+use crate::state::{Entry, Older, Request, Status};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -59,6 +59,28 @@ fn MessageLog() -> impl IntoView {
     // are counted on a button instead.
     let unseen = RwSignal::new(0usize);
     let last_key = StoredValue::new(None::<String>);
+    let first_key = StoredValue::new(None::<String>);
+    // How far the view is from the log's end, kept as the reader scrolls:
+    // older messages put before the first then leave the view where it was.
+    let from_bottom = StoredValue::new(0);
+    // Older messages come a page at a time, when the reader reaches the top
+    // (or asks with the button, which also serves keyboards).
+    let load_older = move || {
+        if state.older.get_untracked() != Older::Maybe {
+            return;
+        }
+        let Some(before) = state.first_message_id() else {
+            return;
+        };
+        if chat.outbox.send(ClientFrame::History {
+            before: Some(before),
+        }) {
+            state.older.set(Older::Loading);
+            state
+                .unanswered
+                .update_value(|unanswered| unanswered.push_back(Request::History));
+        }
+    };
     let to_bottom = move || {
         if let Some(log) = log_ref.get_untracked() {
             log.set_scroll_top(log.scroll_height());
@@ -69,6 +91,16 @@ fn MessageLog() -> impl IntoView {
     Effect::new(move |_| {
         // Messages after the last entry seen (by key: the log is trimmed
         // at its limit, so its length stops telling).
+        let prepended = state.log.with(|log| {
+            let first = log.first().map(Entry::key);
+            let before = first_key.try_update_value(|key| std::mem::replace(key, first.clone()));
+            matches!(before, Some(Some(before)) if first.as_ref() != Some(&before)
+                && log.iter().any(|entry| entry.key() == before))
+        });
+        if prepended && let Some(log) = log_ref.get_untracked() {
+            log.set_scroll_top(log.scroll_height() - from_bottom.get_value());
+            return;
+        }
         let new_messages = state.log.with(|log| {
             let seen = last_key.with_value(|key| {
                 key.as_ref()
@@ -89,6 +121,10 @@ fn MessageLog() -> impl IntoView {
     });
     let on_scroll = move |_| {
         if let Some(log) = log_ref.get_untracked() {
+            from_bottom.set_value(log.scroll_height() - log.scroll_top());
+            if log.scroll_top() < 64 {
+                load_older();
+            }
             let near = log.scroll_height() - log.scroll_top() - log.client_height() < 48;
             state.follow.set_value(near);
             if near {
@@ -112,6 +148,19 @@ fn MessageLog() -> impl IntoView {
             <Show when=move || state.log.with(Vec::is_empty)>
                 <div class="empty">"No messages yet. Say hello!"</div>
             </Show>
+            <div class="older">
+                {move || match state.older.get() {
+                    Older::Maybe => view! {
+                        <button type="button" class="secondary" on:click=move |_| load_older()>
+                            "Load older messages"
+                        </button>
+                    }.into_any(),
+                    Older::Loading => view! { <span>"Loading older messages…"</span> }.into_any(),
+                    Older::None => view! {
+                        <span>{move || (!state.log.with(Vec::is_empty)).then_some("The start of the conversation")}</span>
+                    }.into_any(),
+                }}
+            </div>
             <For each=move || rows(&state.log.read()) key=Row::key let:row>
                 {row.day.map(|day| view! { <div class="day" role="separator">{day}</div> })}
                 {match row.entry {
@@ -261,9 +310,9 @@ fn Composer() -> impl IntoView {
         }
         match check_message_data(&data) {
             Ok(()) => {
-                state
-                    .unanswered
-                    .update_value(|unanswered| unanswered.push_back(data.clone()));
+                state.unanswered.update_value(|unanswered| {
+                    unanswered.push_back(Request::Message(data.clone()))
+                });
                 // One's own message is worth seeing arrive.
                 state.follow.set_value(true);
                 chat.outbox.send(ClientFrame::SendMessage { data });
