@@ -542,3 +542,50 @@ async fn history_pages_back_through_a_room_within_the_frame_limit() {
     assert_eq!(next(&mut ada)["code"], "bad_request");
     nothing(&mut ada);
 }
+
+#[tokio::test]
+async fn gone_members_found_together_are_announced_in_one_frame() {
+    let harness = Harness::new().await;
+    let mut live = Vec::new();
+    for id in ["a", "b"] {
+        live.push(harness.connect(id, &[("room", "r"), ("name", id)]).await.1);
+    }
+    let mut ghosts = Vec::new();
+    for id in ["g1", "g2", "g3"] {
+        ghosts.push(harness.connect(id, &[("room", "r"), ("name", id)]).await.1);
+    }
+    // Three sockets vanish without a $disconnect (API Gateway: 410).
+    for id in ["g1", "g2", "g3"] {
+        harness.chat.pusher().close(id, 1006, "gone");
+    }
+    for frames in &mut live {
+        while frames.try_recv().is_ok() {}
+    }
+    harness
+        .send(
+            "a",
+            "sendmessage",
+            json!({"action": "sendmessage", "data": "hi"}),
+        )
+        .await;
+    for frames in &mut live {
+        assert_eq!(next(frames)["type"], "message");
+        let presence = next(frames);
+        assert_eq!(presence["event"], "leave");
+        assert_eq!(presence["count"], 2);
+        let mut names = vec![presence["name"].as_str().unwrap().to_owned()];
+        names.extend(
+            presence["also"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_owned()),
+        );
+        names.sort();
+        assert_eq!(names, ["g1", "g2", "g3"], "one frame names them all");
+        nothing(frames);
+    }
+    for id in ["g1", "g2", "g3"] {
+        assert!(harness.chat.store().connection(id).await.unwrap().is_none());
+    }
+}

@@ -200,6 +200,26 @@ test('config.json next to the page points the app at another WebSocket server', 
   }
 });
 
+test('a config.json naming a server that cannot be reached says so', async () => {
+  const site = mkdtempSync(join(tmpdir(), 'chat-site-'));
+  const siteData = mkdtempSync(join(tmpdir(), 'chat-site-data-'));
+  cpSync(DIST, site, { recursive: true });
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ websocketUrl: 'ws://127.0.0.1:9/ws' }));
+  const other = await startServer('127.0.0.1:0', { dist: site, data: siteData });
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(other.url);
+    // A few quick retries first (0.5 s, 1 s, 2 s, with jitter), then the address is named.
+    await page.getByRole('alert').getByText('Cannot reach the chat server at ws://127.0.0.1:9/ws').waitFor({ timeout: 20_000 });
+    assert.equal(await page.getByRole('button', { name: 'Join' }).isEnabled(), false);
+    await context.close();
+  } finally {
+    await stopServer(other.child);
+    for (const dir of [site, siteData]) rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a message over the rate limit is refused and stays in the composer', async () => {
   const data = mkdtempSync(join(tmpdir(), 'chat-rate-'));
   const limited = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0.2', '--rate-burst', '3'] });
@@ -609,17 +629,23 @@ test('older messages load at the top of the log, once each, without moving the v
   const page = await openAs('Olga', 'older-room');
   await log(page).getByText('P13 says 4', { exact: true }).waitFor(WAIT);
   assert.equal(await log(page).getByText('P00 says 0', { exact: true }).count(), 0, 'not in the first 50');
-  const firstShown = log(page).getByText('P04 says 0', { exact: true });
-  await firstShown.waitFor(WAIT);
+  await log(page).getByText('P04 says 0', { exact: true }).waitFor(WAIT);
 
   // Scrolling to the top asks for the page before; the message that was at
   // the top stays where the reader left it.
-  await log(page).evaluate((el) => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); });
-  const before = await firstShown.boundingBox();
+  // Measured before the scroll is handled (the request goes out then).
+  const before = await log(page).evaluate((el) => {
+    el.scrollTop = 0;
+    const y = [...el.querySelectorAll('.message .text')]
+      .find((text) => text.textContent === 'P04 says 0').getBoundingClientRect().y;
+    el.dispatchEvent(new Event('scroll'));
+    return y;
+  });
   await log(page).getByText('P00 says 0', { exact: true }).waitFor({ state: 'attached', ...WAIT });
   await page.getByText('The start of the conversation').waitFor({ state: 'attached', ...WAIT });
-  const after = await firstShown.boundingBox();
-  assert.ok(Math.abs(after.y - before.y) < 4, `the view stayed: ${before.y} → ${after.y}`);
+  const after = await log(page).evaluate((el) => [...el.querySelectorAll('.message .text')]
+    .find((text) => text.textContent === 'P04 says 0').getBoundingClientRect().y);
+  assert.ok(Math.abs(after - before) < 4, `the view stayed: ${before} → ${after}`);
   const texts = await log(page).locator('.message .text').allInnerTexts();
   assert.equal(texts.length, 70, 'every message once');
   assert.deepEqual(texts.slice(0, 2), ['P00 says 0', 'P00 says 1'], 'oldest first');

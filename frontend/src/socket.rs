@@ -24,6 +24,9 @@ const JOIN_RETRY: Duration = Duration::from_secs(3);
 /// A connection that stays up this long ends the backoff: one that a server
 /// accepts and drops at once still backs off.
 const STEADY: Duration = Duration::from_secs(10);
+/// Failed attempts in a row after which the app names the address it cannot
+/// reach.
+const UNREACHABLE_AFTER: u32 = 3;
 
 /// Sends frames to the server. A frame sent while offline is dropped: the UI
 /// only offers actions that need the server while it is online, and every
@@ -127,6 +130,7 @@ impl Outbox {
 
     fn opened(self) {
         let state = self.state;
+        state.unreachable.set(None);
         let steady = Timeout::new(STEADY.as_millis() as u32, move || {
             self.link.update_value(|link| link.failures = 0);
         });
@@ -201,6 +205,11 @@ impl Outbox {
         let delay = self.link.try_update_value(|link| {
             if link.generation != generation || link.retry.is_some() {
                 return None;
+            }
+            // Never opened, several times in a row: say where it tried.
+            if link.failures + 1 >= UNREACHABLE_AFTER && link.steady.is_none() {
+                let url = link.settings.as_ref().map(|s| s.websocket_url.clone());
+                self.state.unreachable.set(url);
             }
             if let Some(socket) = link.socket.take() {
                 let _ = socket.close();

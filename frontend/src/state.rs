@@ -48,6 +48,9 @@ pub struct Membership {
 #[derive(Clone, Copy)]
 pub struct ChatState {
     pub status: RwSignal<Status>,
+    /// The server's address, once several attempts in a row have failed to
+    /// reach it: shown, since a wrong `config.json` looks like this.
+    pub unreachable: RwSignal<Option<String>>,
     /// Where the user wants to be; the socket (re)joins it on every connect.
     pub target: RwSignal<Option<(Room, Name)>>,
     pub joined: RwSignal<Option<Membership>>,
@@ -137,6 +140,7 @@ impl ChatState {
     pub fn new() -> Self {
         Self {
             status: RwSignal::new(Status::Connecting),
+            unreachable: RwSignal::new(None),
             target: RwSignal::new(None),
             joined: RwSignal::new(None),
             last_room: RwSignal::new(None),
@@ -256,21 +260,24 @@ impl ChatState {
                 room,
                 name,
                 count,
+                also,
             } => {
                 if !self.is_current_room(&room) {
                     return Followup::Nothing;
                 }
-                let already_here = self.members.with_untracked(|m| m.contains(&name));
-                self.members.update(|members| match event {
-                    PresenceEvent::Join => members.push(name.clone()),
-                    PresenceEvent::Leave => {
-                        if let Some(at) = members.iter().position(|m| *m == name) {
-                            members.remove(at);
+                for name in std::iter::once(name).chain(also) {
+                    let already_here = self.members.with_untracked(|m| m.contains(&name));
+                    self.members.update(|members| match event {
+                        PresenceEvent::Join => members.push(name.clone()),
+                        PresenceEvent::Leave => {
+                            if let Some(at) = members.iter().position(|m| *m == name) {
+                                members.remove(at);
+                            }
                         }
-                    }
-                });
+                    });
+                    self.announce(event, name, already_here);
+                }
                 self.count.set(count);
-                self.announce(event, name, already_here);
             }
             ServerFrame::Left { room } => {
                 if self.is_current_room(&room) {

@@ -30,6 +30,7 @@ pub fn parse_frame(text: &str) -> Result<ServerFrame, String> {
         message: string(&frame, "message"),
         messages: list(&frame, "messages", |entry| message(&entry)),
         more: field(&frame, "more").and_then(|more| more.as_bool()),
+        also: list(&frame, "also", |name| name.as_string()),
     };
     ServerFrame::try_from(fields)
 }

@@ -36,6 +36,14 @@ pub enum ServerFrame {
         name: String,
         /// Members after the event.
         count: usize,
+        /// More names with the same event, in the same frame: members a
+        /// fan-out found gone at once are announced together. Left out
+        /// when empty.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Vec::is_empty")
+        )]
+        also: Vec<String>,
     },
     /// To the leaver.
     Left {
@@ -110,6 +118,7 @@ pub struct ServerFields {
     pub message: Option<String>,
     pub messages: Option<Vec<ChatMessage>>,
     pub more: Option<bool>,
+    pub also: Option<Vec<String>>,
 }
 
 impl TryFrom<ServerFields> for ServerFrame {
@@ -146,6 +155,7 @@ impl TryFrom<ServerFields> for ServerFrame {
                 room: take!(room),
                 name: take!(name),
                 count: take!(count),
+                also: wire.also.unwrap_or_default(),
             },
             "left" => Self::Left { room: take!(room) },
             "error" => Self::Error {
@@ -310,9 +320,20 @@ mod tests {
                 event: PresenceEvent::Leave,
                 room: "r".into(),
                 name: "Ada".into(),
-                count: 0
+                count: 0,
+                also: vec![],
             }),
             json!({"type":"presence","event":"leave","room":"r","name":"Ada","count":0})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Presence {
+                event: PresenceEvent::Leave,
+                room: "r".into(),
+                name: "Ada".into(),
+                count: 3,
+                also: vec!["Bo".into(), "Cy".into()],
+            }),
+            json!({"type":"presence","event":"leave","room":"r","name":"Ada","count":3,"also":["Bo","Cy"]})
         );
         assert_eq!(
             as_json(&ServerFrame::Left { room: "r".into() }),

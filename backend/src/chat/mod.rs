@@ -11,10 +11,12 @@ mod origin;
 
 pub use origin::OriginPolicy;
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
+use futures::StreamExt;
 use shared::{
     ChatMessage, ClientFrame, ErrorCode, Name, PresenceEvent, ProtocolError, Room, ServerFrame,
     limits::HISTORY_LEN,
@@ -436,39 +438,76 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .pusher
             .push_all(recipients, &frame, self.config.max_in_flight)
             .await;
-        // Telling a room about one gone member can reveal more; the loop ends
-        // because each connection can be removed only once.
-        while let Some(connection_id) = gone.pop() {
-            let told = async {
-                let connected_before = now_ms().saturating_sub(CONNECT_WINDOW_MS);
-                let Some(previous) = self
-                    .store
-                    .forget_gone(&connection_id, connected_before)
-                    .await?
-                else {
-                    return Ok(Vec::new());
+        // The gone members one fan-out found are forgotten together: one
+        // removal pass, then per room one member query and one presence
+        // frame that names them all. A room of thousands with a few stale
+        // members costs one more fan-out, not one per stale member. Telling
+        // a room can reveal more gone members; the loop ends because each
+        // connection can be removed only once.
+        while !gone.is_empty() {
+            let left = self.forget_all_gone(std::mem::take(&mut gone)).await;
+            for (room, leavers) in left {
+                let members = match self.store.room_members(&room).await {
+                    Ok(members) => members,
+                    Err(error) => {
+                        tracing::warn!(room, %error, "could not tell a room who is gone");
+                        continue;
+                    }
                 };
-                tracing::info!(connection_id, "forgot a gone connection");
-                let Some((room, name)) = previous.room.zip(previous.name) else {
-                    return Ok(Vec::new());
-                };
-                let (members, presence) = self
-                    .presence(&connection_id, &room, &name, PresenceEvent::Leave)
-                    .await?;
-                let recipients = recipients_of(&members, &connection_id);
-                Ok::<_, StoreError>(
+                let recipients: Vec<&str> = members
+                    .iter()
+                    .map(|member| &*member.connection_id)
+                    .filter(|id| !leavers.iter().any(|(gone, _)| gone == id))
+                    .collect();
+                let mut names = leavers.into_iter().map(|(_, name)| name);
+                let Some(name) = names.next() else { continue };
+                let presence = Frame::from(&ServerFrame::Presence {
+                    event: PresenceEvent::Leave,
+                    room,
+                    name,
+                    count: recipients.len(),
+                    also: names.collect(),
+                });
+                gone.extend(
                     self.pusher
                         .push_all(&recipients, &presence, self.config.max_in_flight)
                         .await,
-                )
-            };
-            match told.await {
-                Ok(more) => gone.extend(more),
+                );
+            }
+        }
+    }
+
+    /// Removes the records of connections a push found gone (all at once,
+    /// as many in flight as a fan-out), and returns who was in which room:
+    /// room → (connection id, name).
+    async fn forget_all_gone(&self, gone: Vec<String>) -> BTreeMap<String, Vec<(String, String)>> {
+        let connected_before = now_ms().saturating_sub(CONNECT_WINDOW_MS);
+        let mut forgotten = futures::stream::iter(gone)
+            .map(|connection_id| async move {
+                let previous = self
+                    .store
+                    .forget_gone(&connection_id, connected_before)
+                    .await;
+                (connection_id, previous)
+            })
+            .buffer_unordered(self.config.max_in_flight.max(1));
+        let mut left: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        while let Some((connection_id, previous)) = forgotten.next().await {
+            match previous {
+                Ok(Some(previous)) => {
+                    tracing::info!(connection_id, "forgot a gone connection");
+                    if let Some((room, name)) = previous.room.zip(previous.name) {
+                        left.entry(room).or_default().push((connection_id, name));
+                    }
+                }
+                // Already forgotten, or too young to be called gone.
+                Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(connection_id, %error, "could not forget a gone connection")
                 }
             }
         }
+        left
     }
 
     async fn reply(&self, connection_id: &str, frame: &ServerFrame) {
@@ -488,6 +527,7 @@ fn presence_frame(event: PresenceEvent, room: &str, name: &str, count: usize) ->
         room: room.to_owned(),
         name: name.to_owned(),
         count,
+        also: Vec::new(),
     })
 }
 

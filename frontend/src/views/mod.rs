@@ -150,11 +150,21 @@ pub fn ConnectionStatus() -> impl IntoView {
         Status::Connecting => "status connecting",
         Status::Offline(_) => "status offline",
     };
+    let unreachable = move || {
+        chat.state.unreachable.get().map(|url| {
+            view! {
+                <span class="unreachable" role="alert">
+                    "Cannot reach the chat server at " <code>{url}</code>
+                </span>
+            }
+        })
+    };
     view! {
         <span class=class data-testid="connection-status">
             <span class="dot" aria-hidden="true"></span>
             <span role="status" aria-live="polite">{label}</span>
             <span class="retry" aria-hidden="true">{retry}</span>
+            {unreachable}
         </span>
     }
 }
