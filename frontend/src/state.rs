@@ -87,7 +87,12 @@ pub struct ChatState {
     pub follow: StoredValue<bool>,
     /// Whether the room has messages older than the log's first.
     pub older: RwSignal<Older>,
+    /// No `history` request before this (ms): one was refused.
+    pub older_not_before: StoredValue<u64>,
 }
+
+/// How long after a refused `history` request the next may go.
+const HISTORY_RETRY_MS: u64 = 3_000;
 
 /// A request that the server answers with a frame of its own or an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +165,7 @@ impl ChatState {
             in_flight: StoredValue::new(None),
             follow: StoredValue::new(true),
             older: RwSignal::new(Older::Maybe),
+            older_not_before: StoredValue::new(0),
         }
     }
 
@@ -177,6 +183,7 @@ impl ChatState {
                 members,
                 count,
                 history,
+                more,
             } => {
                 self.in_flight.set_value(None);
                 // A late answer to a join the user has moved on from (Back
@@ -192,11 +199,8 @@ impl ChatState {
                     self.seen.update_value(BTreeSet::clear);
                     self.pending.update_value(Vec::clear);
                     self.follow.set_value(true);
-                    self.older.set(if history.is_empty() {
-                        Older::None
-                    } else {
-                        Older::Maybe
-                    });
+                    self.older
+                        .set(if more { Older::Maybe } else { Older::None });
                 }
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
@@ -284,33 +288,55 @@ impl ChatState {
                     self.clear_room();
                 }
             }
-            ServerFrame::Error { code, message } => {
-                self.error.set(Some(message));
+            ServerFrame::Error {
+                code,
+                message,
+                action,
+            } => {
                 let current = self.joined.get_untracked();
-                if let Some(failed) = self.in_flight.try_update_value(Option::take).flatten() {
+                // A page of history that was refused is asked for again
+                // when the reader next reaches the top, after a pause.
+                if action.as_deref() == Some("history") {
+                    self.take_unanswered(|r| *r == Request::History);
+                    self.older_not_before
+                        .set_value(crate::browser::now_ms() + HISTORY_RETRY_MS);
+                    self.older.set(Older::Maybe);
+                    if code == ErrorCode::NotInRoom && current.is_some() {
+                        return Followup::RetryJoin;
+                    }
+                    return Followup::Nothing;
+                }
+                self.error.set(Some(message));
+                if matches!(action.as_deref(), None | Some("join"))
+                    && let Some(failed) = self.in_flight.try_update_value(Option::take).flatten()
+                {
                     return self.join_failed(&failed, current, code);
                 }
-                // An answer to a send: the oldest one waiting.
-                if matches!(
-                    code,
-                    ErrorCode::RateLimited
-                        | ErrorCode::TooLarge
-                        | ErrorCode::BadRequest
-                        | ErrorCode::Internal
-                        | ErrorCode::NotInRoom
-                ) && let Some(refused) = self
-                    .unanswered
-                    .try_update_value(|unanswered| unanswered.pop_front())
-                    .flatten()
-                {
-                    match refused {
-                        Request::Message(text) if code == ErrorCode::RateLimited => {
-                            self.restore_draft(text)
-                        }
-                        Request::Message(_) => {}
-                        // Asking again is up to the reader.
-                        Request::History => self.older.set(Older::Maybe),
+                // An answer to a send: the oldest one waiting (of any kind
+                // when the server does not say which).
+                let refused = match action.as_deref() {
+                    Some("sendmessage") => {
+                        self.take_unanswered(|r| matches!(r, Request::Message(_)))
                     }
+                    None if matches!(
+                        code,
+                        ErrorCode::RateLimited
+                            | ErrorCode::TooLarge
+                            | ErrorCode::BadRequest
+                            | ErrorCode::Internal
+                            | ErrorCode::NotInRoom
+                    ) =>
+                    {
+                        self.take_unanswered(|_| true)
+                    }
+                    _ => None,
+                };
+                match refused {
+                    Some(Request::Message(text)) if code == ErrorCode::RateLimited => {
+                        self.restore_draft(text)
+                    }
+                    Some(Request::History) => self.older.set(Older::Maybe),
+                    _ => {}
                 }
                 // The server has lost this tab's membership (a store
                 // outage, a record expired): join again.
@@ -323,11 +349,7 @@ impl ChatState {
                 messages,
                 more,
             } => {
-                self.unanswered.update_value(|unanswered| {
-                    if let Some(at) = unanswered.iter().position(|r| *r == Request::History) {
-                        unanswered.remove(at);
-                    }
-                });
+                self.take_unanswered(|r| *r == Request::History);
                 if self.is_current_room(&room) {
                     self.add_older(messages.into_iter().map(|HistoryEntry::Message(m)| m));
                     self.older
@@ -522,12 +544,38 @@ impl ChatState {
         }
     }
 
+    /// Removes and returns the oldest unanswered request that `which`
+    /// picks.
+    fn take_unanswered(&self, which: impl Fn(&Request) -> bool) -> Option<Request> {
+        self.unanswered
+            .try_update_value(|unanswered| {
+                let at = unanswered.iter().position(&which)?;
+                unanswered.remove(at)
+            })
+            .flatten()
+    }
+
     fn push(&self, entry: Entry) {
+        // Only a reader at the newest loses the oldest entries: one who
+        // scrolled up, or loaded older pages, is reading them.
+        let trim = self.follow.get_value();
+        let mut trimmed = Vec::new();
         self.log.update(|log| {
             log.push(entry);
-            if log.len() > LOG_LIMIT {
-                log.drain(..log.len() - LOG_LIMIT);
+            if trim && log.len() > LOG_LIMIT {
+                trimmed = log.drain(..log.len() - LOG_LIMIT).collect();
             }
         });
+        if !trimmed.is_empty() {
+            // What went can be loaded again.
+            self.seen.update_value(|seen| {
+                for entry in &trimmed {
+                    if let Entry::Message(message, _) = entry {
+                        seen.remove(&message.id);
+                    }
+                }
+            });
+            self.older.set(Older::Maybe);
+        }
     }
 }

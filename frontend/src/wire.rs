@@ -31,6 +31,7 @@ pub fn parse_frame(text: &str) -> Result<ServerFrame, String> {
         messages: list(&frame, "messages", |entry| message(&entry)),
         more: field(&frame, "more").and_then(|more| more.as_bool()),
         also: list(&frame, "also", |name| name.as_string()),
+        action: string(&frame, "action"),
     };
     ServerFrame::try_from(fields)
 }

@@ -186,6 +186,19 @@ class Deploy(unittest.TestCase):
         )
         self.assertLess(project.index("aws cloudformation wait stack-delete-complete"), project.index("sam deploy"))
 
+    def test_a_stack_sam_left_in_review_is_deployed_over(self):
+        project = self.project("REVIEW_IN_PROGRESS")
+        result = project.run("deploy")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("sam deploy", project.calls.read_text())
+
+    def test_a_stack_whose_delete_failed_points_at_destroy(self):
+        project = self.project("DELETE_FAILED")
+        result = project.run("deploy")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("bash scripts/destroy", result.stderr)
+        self.assertNotIn("sam deploy", project.calls.read_text())
+
     def test_a_busy_stack_is_left_alone(self):
         project = self.project("UPDATE_IN_PROGRESS")
         result = project.run("deploy")

@@ -77,6 +77,17 @@ impl ClientFrame {
         }
     }
 
+    /// The frame's `action`, as on the wire.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::SendMessage { .. } => "sendmessage",
+            Self::Leave => "leave",
+            Self::Ping => "ping",
+            Self::History { .. } => "history",
+        }
+    }
+
     /// The frame as JSON text, ready to send. Written by hand, so the web
     /// app needs no JSON library: [`ClientFrame::parse`] reads it back in
     /// the tests, and the fuzz tests hold the two together.

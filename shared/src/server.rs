@@ -26,6 +26,10 @@ pub enum ServerFrame {
         count: usize,
         /// The latest messages, oldest first.
         history: Vec<HistoryEntry>,
+        /// Older messages than these remain (a `history` request gets
+        /// them). Left out when false.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
+        more: bool,
     },
     /// To every member of the room, the sender included.
     Message(ChatMessage),
@@ -53,6 +57,14 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
+        /// The action of the request refused, when it had a known one: on
+        /// AWS each route runs on its own, so answers to different kinds of
+        /// requests can come in any order. Left out when unknown.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        action: Option<String>,
     },
     Pong,
     /// To a `history` request: the messages before the one it named, oldest
@@ -119,6 +131,7 @@ pub struct ServerFields {
     pub messages: Option<Vec<ChatMessage>>,
     pub more: Option<bool>,
     pub also: Option<Vec<String>>,
+    pub action: Option<String>,
 }
 
 impl TryFrom<ServerFields> for ServerFrame {
@@ -142,6 +155,7 @@ impl TryFrom<ServerFields> for ServerFrame {
                     .into_iter()
                     .map(HistoryEntry::Message)
                     .collect(),
+                more: wire.more.unwrap_or(false),
             },
             "message" => Self::Message(ChatMessage {
                 id: take!(id),
@@ -161,6 +175,7 @@ impl TryFrom<ServerFields> for ServerFrame {
             "error" => Self::Error {
                 code: take!(code),
                 message: take!(message),
+                action: wire.action,
             },
             "pong" => Self::Pong,
             "history" => Self::History {
@@ -256,11 +271,17 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+#[cfg(feature = "serde")]
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
 impl ServerFrame {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
             code,
             message: message.into(),
+            action: None,
         }
     }
 
@@ -311,6 +332,7 @@ mod tests {
                 members: vec!["Ada".into()],
                 count: 1,
                 history: vec![HistoryEntry::Message(message())],
+                more: false,
             }),
             json!({"type":"joined","room":"r","name":"Ada","members":["Ada"],"count":1,
                    "history":[{"type":"message","id":"0001-a","room":"r","name":"Ada","data":"<script>","ts":1_700_000_000_000u64}]})
@@ -380,6 +402,7 @@ mod tests {
             members: vec!["Ada".into(), "Bo".into()],
             count: 2,
             history: vec![HistoryEntry::Message(message())],
+            more: true,
         };
         assert_eq!(ServerFrame::parse(&frame.to_json()).unwrap(), frame);
     }

@@ -28,6 +28,12 @@ use crate::store::{Admission, Member, Members, RateLimit, Store, StoreError};
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
 
+/// Names one presence frame carries at most: 200 names of 32 four-byte
+/// characters, quoted, are 26 KB, under API Gateway's 32 KB frame limit.
+const NAMES_PER_PRESENCE: usize = 200;
+/// Presence frames one fan-out's gone members are announced in at most.
+const MAX_PRESENCE_FRAMES: usize = 5;
+
 /// API Gateway answers 410 Gone for a connection until its `$connect` has
 /// returned, which takes at most the integration timeout (29 s). A
 /// connection younger than this that a push finds gone may be one still
@@ -212,6 +218,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         route: &str,
         frame: Result<ClientFrame, ProtocolError>,
     ) -> ApiGatewayProxyResponse {
+        let action = frame.as_ref().ok().map(ClientFrame::action);
         let result = match frame {
             Ok(ClientFrame::Join { room, name }) => self.join(connection_id, room, name).await,
             Ok(ClientFrame::SendMessage { data }) => self.send_message(connection_id, data).await,
@@ -223,18 +230,25 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             }
             Err(error) => Err(error.into()),
         };
+        // The refusal names what it refuses, when that is known.
+        let refusal = |code, message: String| ServerFrame::Error {
+            code,
+            message,
+            action: action.map(str::to_owned),
+        };
         match result {
             Ok(()) => response(200, "ok"),
             Err(ChatError::Protocol(error)) => {
                 tracing::info!(connection_id, route, code = %error.code, "request refused");
-                self.reply(connection_id, &error.into()).await;
+                self.reply(connection_id, &refusal(error.code, error.message))
+                    .await;
                 response(200, "refused")
             }
             Err(ChatError::Store(error)) => {
                 tracing::error!(connection_id, route, %error, "request failed");
-                let frame = ServerFrame::error(
+                let frame = refusal(
                     ErrorCode::Internal,
-                    "the server could not complete the request; try again",
+                    "the server could not complete the request; try again".to_owned(),
                 );
                 self.reply(connection_id, &frame).await;
                 response(500, "internal error")
@@ -285,7 +299,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .chain(others.iter().map(|member| &*member.name))
             .map(str::to_owned)
             .collect();
-        let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history);
+        // A full page may have older messages behind it.
+        let more = history.len() == HISTORY_LEN;
+        let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history, more);
         self.push_one(connection_id, frame).await;
         if !rejoin {
             let presence = presence_frame(
@@ -445,6 +461,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // a room can reveal more gone members; the loop ends because each
         // connection can be removed only once.
         while !gone.is_empty() {
+            // Each presence frame's fan-out reports the same dead ids again.
+            gone.sort_unstable();
+            gone.dedup();
             let left = self.forget_all_gone(std::mem::take(&mut gone)).await;
             for (room, leavers) in left {
                 let members = match self.store.room_members(&room).await {
@@ -459,20 +478,33 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     .map(|member| &*member.connection_id)
                     .filter(|id| !leavers.iter().any(|(gone, _)| gone == id))
                     .collect();
-                let mut names = leavers.into_iter().map(|(_, name)| name);
-                let Some(name) = names.next() else { continue };
-                let presence = Frame::from(&ServerFrame::Presence {
-                    event: PresenceEvent::Leave,
-                    room,
-                    name,
-                    count: recipients.len(),
-                    also: names.collect(),
-                });
-                gone.extend(
-                    self.pusher
-                        .push_all(&recipients, &presence, self.config.max_in_flight)
-                        .await,
-                );
+                let names: Vec<String> = leavers.into_iter().map(|(_, name)| name).collect();
+                // A frame stays within API Gateway's 32 KB: a name is at most
+                // 32 characters of up to 4 bytes.
+                if names.len() > NAMES_PER_PRESENCE * MAX_PRESENCE_FRAMES {
+                    // Each frame is a fan-out to the whole room; past this
+                    // many the function's timeout is near. The count stays
+                    // true, and the names come right with the next join.
+                    tracing::warn!(
+                        room,
+                        gone = names.len(),
+                        "too many gone at once to name them all"
+                    );
+                }
+                for names in names.chunks(NAMES_PER_PRESENCE).take(MAX_PRESENCE_FRAMES) {
+                    let presence = Frame::from(&ServerFrame::Presence {
+                        event: PresenceEvent::Leave,
+                        room: room.clone(),
+                        name: names[0].clone(),
+                        count: recipients.len(),
+                        also: names[1..].to_vec(),
+                    });
+                    gone.extend(
+                        self.pusher
+                            .push_all(&recipients, &presence, self.config.max_in_flight)
+                            .await,
+                    );
+                }
             }
         }
     }
@@ -585,4 +617,28 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::limits::{NAME_MAX_CHARS, ROOM_MAX_LEN, SERVER_FRAME_MAX_BYTES};
+
+    #[test]
+    fn a_full_presence_frame_fits_api_gateways_frame_limit() {
+        // The longest names in the widest characters, in the longest room.
+        let name = "𝄞".repeat(NAME_MAX_CHARS);
+        let frame = Frame::from(&ServerFrame::Presence {
+            event: PresenceEvent::Leave,
+            room: "r".repeat(ROOM_MAX_LEN),
+            name: name.clone(),
+            count: usize::MAX,
+            also: vec![name; NAMES_PER_PRESENCE - 1],
+        });
+        assert!(
+            frame.len() <= SERVER_FRAME_MAX_BYTES,
+            "{} bytes",
+            frame.len()
+        );
+    }
 }

@@ -28,9 +28,12 @@ use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError
 pub const ROOM_INDEX: &str = "room-index";
 const TTL_ATTRIBUTE: &str = "expiresAt";
 /// DynamoDB deletes expired items within days, not at once; until then
-/// queries still return them, so each query leaves them out itself. (An item
-/// from before there was a TTL, or a record from an index that does not
-/// project it, has none and stays.)
+/// queries still return them, so history queries leave them out themselves
+/// (an item from before there was a TTL has none and stays). Member queries
+/// cannot: the room index does not project `expiresAt`, and an index's
+/// projection cannot change in place. An expired connection record belongs
+/// to a socket gone for an hour without a `$disconnect`, and goes the first
+/// time a post finds it gone.
 const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
@@ -161,8 +164,6 @@ impl DynamoStore {
                 Projection::builder()
                     .projection_type(ProjectionType::Include)
                     .non_key_attributes("name")
-                    // So member queries can leave out expired records.
-                    .non_key_attributes(TTL_ATTRIBUTE)
                     .build(),
             )
             .build()
@@ -577,11 +578,8 @@ impl Store for DynamoStore {
                 .table_name(table)
                 .index_name(ROOM_INDEX)
                 .key_condition_expression("#room = :room")
-                .filter_expression(NOT_EXPIRED)
                 .expression_attribute_names("#room", "room")
-                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
                 .expression_attribute_values(":room", s(room))
-                .expression_attribute_values(":now", n(now_s()))
                 .set_limit(self.config.page_size)
                 .set_exclusive_start_key(start_key)
                 .send()
@@ -649,14 +647,25 @@ impl DynamoStore {
                 .config
                 .page_size
                 .map_or(wanted, |size| size.min(wanted));
-            let mut query = self.client.query();
+            // Ids start with their 13-digit millisecond: the key condition
+            // starts at the retention's edge, so expired messages that
+            // DynamoDB has not deleted yet are not even read.
+            let oldest = format!(
+                "{:013}",
+                crate::chat::now_ms().saturating_sub(self.config.message_ttl.as_millis() as u64)
+            );
+            let mut query = self
+                .client
+                .query()
+                .expression_attribute_names("#id", "id")
+                .expression_attribute_values(":oldest", s(&oldest));
             if let Some(before) = before {
+                // BETWEEN includes `before` itself, which is left out below.
                 query = query
-                    .key_condition_expression("#room = :room AND #id < :before")
-                    .expression_attribute_names("#id", "id")
+                    .key_condition_expression("#room = :room AND #id BETWEEN :oldest AND :before")
                     .expression_attribute_values(":before", s(before));
             } else {
-                query = query.key_condition_expression("#room = :room");
+                query = query.key_condition_expression("#room = :room AND #id > :oldest");
             }
             let page = query
                 .table_name(&self.config.messages_table)
@@ -675,7 +684,10 @@ impl DynamoStore {
                 .await
                 .map_err(backend("Query"))?;
             for item in page.items() {
-                messages.push(self.message_from_item(item)?);
+                let message = self.message_from_item(item)?;
+                if Some(message.id.as_str()) != before {
+                    messages.push(message);
+                }
             }
             start_key = page.last_evaluated_key;
             if start_key.is_none() {

@@ -66,15 +66,19 @@ fn MessageLog() -> impl IntoView {
     // Older messages come a page at a time, when the reader reaches the top
     // (or asks with the button, which also serves keyboards).
     let load_older = move || {
-        if state.older.get_untracked() != Older::Maybe {
+        if state.older.get_untracked() != Older::Maybe
+            || browser::now_ms() < state.older_not_before.get_value()
+        {
             return;
         }
-        let Some(before) = state.first_message_id() else {
-            return;
-        };
-        if chat.outbox.send(ClientFrame::History {
-            before: Some(before),
-        }) {
+        // Where the view is now: new messages may have come since the last
+        // scroll.
+        if let Some(log) = log_ref.get_untracked() {
+            from_bottom.set_value(log.scroll_height() - log.scroll_top());
+        }
+        // No message yet (the joined frame had no room for any): the newest.
+        let before = state.first_message_id();
+        if chat.outbox.send(ClientFrame::History { before }) {
             state.older.set(Older::Loading);
             state
                 .unanswered
