@@ -5,7 +5,7 @@ mod common;
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::query_map::QueryMap;
-use backend::chat::{Chat, ChatConfig, OriginPolicy};
+use backend::chat::{Arrival, Chat, ChatConfig, OriginPolicy};
 use backend::pusher::Frame;
 use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
 use backend::store::Store;
@@ -588,4 +588,53 @@ async fn gone_members_found_together_are_announced_in_one_frame() {
     for id in ["g1", "g2", "g3"] {
         assert!(harness.chat.store().connection(id).await.unwrap().is_none());
     }
+}
+
+#[tokio::test]
+async fn a_query_string_join_is_answered_before_its_room_is_told() {
+    let harness = Harness::new().await;
+    let (_, mut ada) = harness
+        .connect("ada", &[("room", "r"), ("name", "Ada")])
+        .await;
+    let mut bo = register(harness.chat.pusher(), "bo");
+    let mut event = recorded("connect.json", "bo");
+    event.query_string_parameters = QueryMap::from(HashMap::from([
+        ("room".to_owned(), vec!["r".to_owned()]),
+        ("name".to_owned(), vec!["Bo".to_owned()]),
+    ]));
+    // $connect answers with the announcement still to do (on AWS another
+    // invocation does it), so a big room never holds up the handshake.
+    let (response, arrival) = harness.chat.handle_deferring(event).await;
+    assert_eq!(response.status_code, 200);
+    let arrival = arrival.expect("a connect-time join leaves an arrival to announce");
+    assert_eq!(
+        arrival,
+        Arrival {
+            connection_id: "bo".into(),
+            room: "r".into(),
+            name: "Bo".into(),
+        }
+    );
+    // In the room already, not announced yet.
+    assert_eq!(
+        harness.chat.store().room_members("r").await.unwrap().len(),
+        2
+    );
+    nothing(&mut ada);
+
+    // What the announcing invocation gets, through JSON, as it is handed on.
+    let arrival: Arrival = serde_json::from_value(serde_json::to_value(&arrival).unwrap()).unwrap();
+    harness.chat.announce_arrival(&arrival).await;
+    assert_eq!(
+        next(&mut ada),
+        json!({"type": "presence", "event": "join", "room": "r", "name": "Bo", "count": 2})
+    );
+    nothing(&mut bo);
+
+    // Without a room there is nothing to announce.
+    let (_, arrival) = harness
+        .chat
+        .handle_deferring(recorded("default.json", "bo"))
+        .await;
+    assert_eq!(arrival, None);
 }

@@ -30,6 +30,10 @@ fn start_lambda_watch(port: u16, dynamodb: &str, management_api: &str) -> Lambda
     let env = [
         format!("AWS_ENDPOINT_URL_DYNAMODB={dynamodb}"),
         format!("MANAGEMENT_API_ENDPOINT={management_api}"),
+        // $connect hands a ?room= announcement to this same binary, through
+        // cargo lambda's Invoke API, as on AWS.
+        "ANNOUNCE_FUNCTION=chat-lambda".into(),
+        format!("AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:{port}"),
         "AWS_ACCESS_KEY_ID=test".into(),
         "AWS_SECRET_ACCESS_KEY=test".into(),
         "AWS_REGION=us-east-1".into(),
@@ -116,6 +120,20 @@ async fn the_lambda_binary_runs_a_whole_chat_behind_chat_local() {
         presence,
         json!({"type": "presence", "event": "join", "room": "lambda", "name": "Bo", "count": 2})
     );
+
+    // A connect-time join is announced by an invocation of its own.
+    let cy = server.connect_with("?room=lambda&name=Cy").await;
+    for socket in [&mut ada, &mut bo] {
+        let presence = expect(socket, "presence").await;
+        assert_eq!(
+            (presence["name"].as_str(), presence["count"].as_u64()),
+            (Some("Cy"), Some(3))
+        );
+    }
+    drop(cy);
+    for socket in [&mut ada, &mut bo] {
+        assert_eq!(expect(socket, "presence").await["event"], "leave");
+    }
 
     say(&mut bo, "through Lambda").await;
     for socket in [&mut ada, &mut bo] {

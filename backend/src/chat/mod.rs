@@ -28,6 +28,15 @@ use crate::store::{Admission, Member, Members, RateLimit, Store, StoreError};
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
 
+/// A connect-time join (`?room=`) its room has yet to hear of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Arrival {
+    pub connection_id: String,
+    pub room: String,
+    pub name: String,
+}
+
 /// Names one presence frame carries at most: 200 names of 32 four-byte
 /// characters, quoted, are 26 KB, under API Gateway's 32 KB frame limit.
 const NAMES_PER_PRESENCE: usize = 200;
@@ -94,11 +103,27 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         &self.pusher
     }
 
-    /// Handles one API Gateway WebSocket event, whatever its route.
+    /// Handles one API Gateway WebSocket event, whatever its route, and
+    /// tells the room of a connect-time join before answering.
     pub async fn handle(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let (response, arrival) = self.handle_deferring(event).await;
+        if let Some(arrival) = arrival {
+            self.announce_arrival(&arrival).await;
+        }
+        response
+    }
+
+    /// Handles one event and answers at once, leaving a connect-time join's
+    /// announcement to the caller ([`Chat::announce_arrival`]): API Gateway
+    /// completes a handshake only when `$connect` answers, and telling a room
+    /// of thousands takes seconds. On AWS it runs in an invocation of its own.
+    pub async fn handle_deferring(
+        &self,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> (ApiGatewayProxyResponse, Option<Arrival>) {
         let context = &event.request_context;
         let Some(connection_id) = context.connection_id.as_deref() else {
-            return response(400, "the event has no connectionId");
+            return (response(400, "the event has no connectionId"), None);
         };
         let route = context.route_key.as_deref().unwrap_or("$default");
         match (context.event_type.as_deref(), route) {
@@ -115,17 +140,22 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 if !self.config.origins.allows(origin, header("host")) {
                     // Before anything is recorded: the socket never opens.
                     tracing::info!(connection_id, origin, "connect refused: origin not allowed");
-                    return response(403, "pages from this origin may not connect");
+                    return (
+                        response(403, "pages from this origin may not connect"),
+                        None,
+                    );
                 }
                 let connected_at = u64::try_from(context.connected_at)
                     .ok()
                     .filter(|&at| at > 0)
                     .unwrap_or_else(now_ms);
                 let query = |key| event.query_string_parameters.first(key);
-                self.connect(connection_id, connected_at, query("room"), query("name"))
+                self.connect_deferring(connection_id, connected_at, query("room"), query("name"))
                     .await
             }
-            (Some("DISCONNECT"), _) | (None, "$disconnect") => self.disconnect(connection_id).await,
+            (Some("DISCONNECT"), _) | (None, "$disconnect") => {
+                (self.disconnect(connection_id).await, None)
+            }
             _ => {
                 let frame = match (&event.body, event.is_base64_encoded) {
                     (_, true) => Err(ProtocolError::bad_request(
@@ -134,7 +164,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     (Some(body), false) => ClientFrame::parse(body),
                     (None, false) => Err(ProtocolError::bad_request("empty frame")),
                 };
-                self.message(connection_id, route, frame).await
+                (self.message(connection_id, route, frame).await, None)
             }
         }
     }
@@ -149,32 +179,36 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         room: Option<&str>,
         name: Option<&str>,
     ) -> ApiGatewayProxyResponse {
+        let (response, arrival) = self
+            .connect_deferring(connection_id, connected_at, room, name)
+            .await;
+        if let Some(arrival) = arrival {
+            self.announce_arrival(&arrival).await;
+        }
+        response
+    }
+
+    /// `$connect` without telling the room of a `?room=` join: that is the
+    /// [`Arrival`] returned.
+    async fn connect_deferring(
+        &self,
+        connection_id: &str,
+        connected_at: u64,
+        room: Option<&str>,
+        name: Option<&str>,
+    ) -> (ApiGatewayProxyResponse, Option<Arrival>) {
         let membership = match room.map(|room| parse_membership(room, name)).transpose() {
             Ok(membership) => membership,
             Err(error) => {
                 tracing::info!(connection_id, code = %error.code, "connect refused");
-                return response(400, &error.message);
+                return (response(400, &error.message), None);
             }
         };
-        let joined = async {
-            self.store
-                .add_connection(
-                    connection_id,
-                    connected_at,
-                    membership.as_ref().map(|(room, name)| (room, name)),
-                )
-                .await?;
-            if let Some((room, name)) = &membership {
-                self.announce(
-                    connection_id,
-                    room.as_str(),
-                    name.as_str(),
-                    PresenceEvent::Join,
-                )
-                .await?;
-            }
-            Ok::<_, StoreError>(())
-        };
+        let joined = self.store.add_connection(
+            connection_id,
+            connected_at,
+            membership.as_ref().map(|(room, name)| (room, name)),
+        );
         match joined.await {
             Ok(()) => {
                 tracing::info!(
@@ -182,7 +216,12 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     room = membership.as_ref().map(|m| m.0.as_str()),
                     "connected"
                 );
-                response(200, "connected")
+                let arrival = membership.map(|(room, name)| Arrival {
+                    connection_id: connection_id.to_owned(),
+                    room: room.as_str().to_owned(),
+                    name: name.as_str().to_owned(),
+                });
+                (response(200, "connected"), arrival)
             }
             Err(error) => {
                 tracing::error!(connection_id, %error, "connect failed");
@@ -191,8 +230,24 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 if let Err(error) = self.store.remove_connection(connection_id).await {
                     tracing::warn!(connection_id, %error, "could not undo a failed connect");
                 }
-                response(500, "internal error")
+                (response(500, "internal error"), None)
             }
+        }
+    }
+
+    /// Tells a room of a connect-time join. A failure costs only the
+    /// notice: the connection is in the room either way.
+    pub async fn announce_arrival(&self, arrival: &Arrival) {
+        let announced = self
+            .announce(
+                &arrival.connection_id,
+                &arrival.room,
+                &arrival.name,
+                PresenceEvent::Join,
+            )
+            .await;
+        if let Err(error) = announced {
+            tracing::warn!(connection_id = arrival.connection_id, %error, "could not announce a connect");
         }
     }
 
