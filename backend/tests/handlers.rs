@@ -631,6 +631,23 @@ async fn a_query_string_join_is_answered_before_its_room_is_told() {
     );
     nothing(&mut bo);
 
+    // An announcement that comes after the connection has gone (a late
+    // invocation) is dropped: a join after its leave would be a ghost.
+    let mut event = recorded("connect.json", "cy");
+    event.query_string_parameters = QueryMap::from(HashMap::from([
+        ("room".to_owned(), vec!["r".to_owned()]),
+        ("name".to_owned(), vec!["Cy".to_owned()]),
+    ]));
+    let (_, late) = harness.chat.handle_deferring(event).await;
+    harness.chat.disconnect("cy").await;
+    harness.chat.announce_arrival(&late.unwrap()).await;
+    assert_eq!(
+        next(&mut ada)["event"],
+        "leave",
+        "the leave, and nothing after it"
+    );
+    nothing(&mut ada);
+
     // Without a room there is nothing to announce.
     let (_, arrival) = harness
         .chat

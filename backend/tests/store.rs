@@ -176,13 +176,28 @@ async fn a_message_id_is_never_overwritten() {
 }
 
 #[tokio::test]
-async fn expired_messages_are_left_out_before_dynamodb_deletes_them() {
+async fn expired_items_are_left_out_before_dynamodb_deletes_them() {
     // Page size 1: the filter must not end the paging early.
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, Some(1)).await;
     let config = StoreConfig::default();
     let now = backend::chat::now_ms();
     let hour = 3_600_000;
+    let stale = now - config.connection_ttl.as_millis() as u64 - hour;
+    store
+        .add_connection("stale", stale, Some((&room("ttl"), &name("Old"))))
+        .await
+        .unwrap();
+    store
+        .add_connection("live", now, Some((&room("ttl"), &name("New"))))
+        .await
+        .unwrap();
+    let members = store.room_members("ttl").await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| &*m.name).collect::<Vec<_>>(),
+        ["New"],
+        "an expired connection record is nobody"
+    );
 
     let old = now - config.message_ttl.as_millis() as u64 - hour;
     let mut messages = Vec::new();
@@ -197,6 +212,22 @@ async fn expired_messages_are_left_out_before_dynamodb_deletes_them() {
         store.recent_messages("ttl", 50).await.unwrap(),
         messages[2..],
         "history older than the retention is not shown"
+    );
+    // Paging back from a message already past the retention finds nothing
+    // (rather than asking DynamoDB for a range the wrong way round).
+    assert_eq!(
+        store
+            .messages_before("ttl", &messages[1].id, 50)
+            .await
+            .unwrap(),
+        []
+    );
+    assert_eq!(
+        store
+            .messages_before("ttl", &messages[3].id, 50)
+            .await
+            .unwrap(),
+        messages[2..3]
     );
 }
 

@@ -557,13 +557,19 @@ impl ChatState {
 
     fn push(&self, entry: Entry) {
         // Only a reader at the newest loses the oldest entries: one who
-        // scrolled up, or loaded older pages, is reading them.
-        let trim = self.follow.get_value();
+        // scrolled up, or loaded older pages, is reading them (up to a hard
+        // cap), and a page on its way must find the log's start where it
+        // asked from.
+        let limit = if self.follow.get_value() && self.older.get_untracked() != Older::Loading {
+            LOG_LIMIT
+        } else {
+            LOG_LIMIT * 4
+        };
         let mut trimmed = Vec::new();
         self.log.update(|log| {
             log.push(entry);
-            if trim && log.len() > LOG_LIMIT {
-                trimmed = log.drain(..log.len() - LOG_LIMIT).collect();
+            if log.len() > limit {
+                trimmed = log.drain(..log.len() - limit).collect();
             }
         });
         if !trimmed.is_empty() {

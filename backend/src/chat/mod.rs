@@ -238,6 +238,25 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     /// Tells a room of a connect-time join. A failure costs only the
     /// notice: the connection is in the room either way.
     pub async fn announce_arrival(&self, arrival: &Arrival) {
+        // On AWS this runs in an invocation of its own, which may come late
+        // (a cold start, a throttled queue): the connection may have left,
+        // or gone, by then, and a join after its leave would be a ghost.
+        match self.store.connection(&arrival.connection_id).await {
+            Ok(Some(now))
+                if now.room.as_deref() == Some(arrival.room.as_str())
+                    && now.name.as_deref() == Some(arrival.name.as_str()) => {}
+            Ok(_) => {
+                tracing::info!(
+                    connection_id = arrival.connection_id,
+                    "moved on before its connect was announced"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(connection_id = arrival.connection_id, %error, "could not announce a connect");
+                return;
+            }
+        }
         let announced = self
             .announce(
                 &arrival.connection_id,

@@ -28,12 +28,10 @@ use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError
 pub const ROOM_INDEX: &str = "room-index";
 const TTL_ATTRIBUTE: &str = "expiresAt";
 /// DynamoDB deletes expired items within days, not at once; until then
-/// queries still return them, so history queries leave them out themselves
-/// (an item from before there was a TTL has none and stays). Member queries
-/// cannot: the room index does not project `expiresAt`, and an index's
-/// projection cannot change in place. An expired connection record belongs
-/// to a socket gone for an hour without a `$disconnect`, and goes the first
-/// time a post finds it gone.
+/// queries still return them, so each query leaves them out itself (an item
+/// without the attribute, from an older table, stays). History queries also
+/// start at the retention's edge by key, so expired messages are not even
+/// read.
 const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
@@ -164,6 +162,8 @@ impl DynamoStore {
                 Projection::builder()
                     .projection_type(ProjectionType::Include)
                     .non_key_attributes("name")
+                    // So member queries can leave out expired records.
+                    .non_key_attributes(TTL_ATTRIBUTE)
                     .build(),
             )
             .build()
@@ -578,8 +578,11 @@ impl Store for DynamoStore {
                 .table_name(table)
                 .index_name(ROOM_INDEX)
                 .key_condition_expression("#room = :room")
+                .filter_expression(NOT_EXPIRED)
                 .expression_attribute_names("#room", "room")
+                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
                 .expression_attribute_values(":room", s(room))
+                .expression_attribute_values(":now", n(now_s()))
                 .set_limit(self.config.page_size)
                 .set_exclusive_start_key(start_key)
                 .send()
@@ -654,6 +657,11 @@ impl DynamoStore {
                 "{:013}",
                 crate::chat::now_ms().saturating_sub(self.config.message_ttl.as_millis() as u64)
             );
+            // Nothing older than the retention is shown (and BETWEEN with
+            // its bounds the wrong way round is an error).
+            if before.is_some_and(|before| before <= oldest.as_str()) {
+                break;
+            }
             let mut query = self
                 .client
                 .query()
