@@ -603,8 +603,21 @@ test('the app is served compressed, cached by name and under a strict Content-Se
   assert.equal(missing.status, 404);
 
   // The whole suite runs under this policy; here an injected inline script
-  // is shown to be refused while the app keeps working.
-  const page = await openAs('Csp', 'csp-room');
+  // is shown to be refused while the app keeps working, and nothing the page
+  // asks for is missing but the optional config.json (the icon included).
+  const context = await browser.newContext();
+  const failures = [];
+  context.on('response', (response) => {
+    if (response.status() >= 400 && !response.url().endsWith('/config.json')) {
+      failures.push(`${response.status()} ${response.url()}`);
+    }
+  });
+  const page = await context.newPage();
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Csp');
+  await page.getByLabel('Room').fill('csp-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await page.getByRole('log').waitFor(WAIT);
   const violated = await page.evaluate(() => new Promise((resolve) => {
     document.addEventListener('securitypolicyviolation', (event) => resolve(event.effectiveDirective), { once: true });
     const script = document.createElement('script');
@@ -617,6 +630,13 @@ test('the app is served compressed, cached by name and under a strict Content-Se
   await messageField(page).fill('still here');
   await messageField(page).press('Enter');
   await log(page).getByText('still here', { exact: true }).waitFor(WAIT);
+  assert.deepEqual(failures, [], 'every request the page made was answered');
+  // The tab has an icon of its own (no 404 for /favicon.ico).
+  const icon = await page.evaluate(() => document.querySelector('link[rel="icon"]')?.href);
+  assert.ok(icon, 'the page names its icon');
+  const iconResponse = await fetch(icon);
+  assert.equal(iconResponse.status, 200);
+  assert.equal(iconResponse.headers.get('content-type'), 'image/svg+xml');
   await page.context().close();
 });
 
