@@ -7,7 +7,9 @@
 //! - [`local`]: what `chat-local` adds to play API Gateway on one machine.
 
 pub mod chat;
+pub mod clock;
 pub mod ids;
 pub mod local;
 pub mod pusher;
+pub mod quiet_warning;
 pub mod store;

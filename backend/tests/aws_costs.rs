@@ -71,6 +71,8 @@ fn event(route: &str, connection_id: &str, body: Option<&str>) -> ApiGatewayWebs
         .into(),
     );
     context.connection_id = Some(connection_id.into());
+    // Each connection from an address of its own, as API Gateway reports it.
+    context.identity.source_ip = Some(format!("198.51.100.{}", connection_id.len()));
     event.body = body.map(str::to_owned);
     event
 }
@@ -185,7 +187,9 @@ async fn the_aws_path_costs_what_it_did() {
         &rows,
     );
     let expected = [
-        ("$connect", counts(&[("PutItem", 1)]), 0),
+        // The address's handshake count (which also says where its last
+        // connection's rate limit left off), then the record.
+        ("$connect", counts(&[("PutItem", 1), ("UpdateItem", 1)]), 0),
         // The rate limit's count, the membership, the member list (the
         // index: eventually consistent), the history (consistent: a message
         // saved before it must be in it); `joined` to the joiner and a
@@ -202,7 +206,14 @@ async fn the_aws_path_costs_what_it_did() {
             counts(&[("UpdateItem", 1), ("PutItem", 1), ("Query", 1)]),
             6,
         ),
-        ("$disconnect", counts(&[("DeleteItem", 1), ("Query", 1)]), 5),
+        // The record (returned as it was), the member list; and, since the
+        // message has not refilled its bucket yet, what is left of the rate
+        // limit handed to the address for its next connection.
+        (
+            "$disconnect",
+            counts(&[("DeleteItem", 1), ("Query", 1), ("UpdateItem", 1)]),
+            5,
+        ),
     ];
     assert_eq!(rows, expected);
 }

@@ -1062,3 +1062,140 @@ async fn a_reader_that_stops_reading_is_let_go_without_holding_up_the_room() {
     while next_frame(&mut talker).await["type"] != "pong" {}
     drop(stalled);
 }
+
+/// Frames `socket` receives until a ping's pong: every frame the server had
+/// queued for it by then.
+async fn drain(socket: &mut Socket) -> Vec<serde_json::Value> {
+    send(socket, json!({"action": "ping"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == "pong" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+/// Limits at their defaults (the harness turns them off otherwise).
+const DEFAULT_LIMITS: &[&str] = &["--rate-limit", "2", "--rate-burst", "10"];
+
+#[tokio::test]
+async fn reconnecting_in_a_loop_gets_no_more_into_a_room_than_the_address_may_send() {
+    use backend::store::Limits;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: DEFAULT_LIMITS,
+    });
+    let (mut watcher, _) = server.join("victim", "Watcher").await;
+    // The attack: connect straight into the room, ten messages, hang up,
+    // again, for five seconds.
+    let started = std::time::Instant::now();
+    let (mut sockets, mut refused) = (0, 0);
+    while started.elapsed() < Duration::from_secs(5) {
+        match tokio_tungstenite::connect_async(server.ws_url("?room=victim&name=spam")).await {
+            Ok((mut socket, _)) => {
+                sockets += 1;
+                for i in 0..10 {
+                    say(&mut socket, &format!("spam {i}")).await;
+                }
+                let _ = socket.close(None).await;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 429);
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spam = drain(&mut watcher)
+        .await
+        .iter()
+        .filter(|frame| frame["type"] == "message" && frame["name"] == "spam")
+        .count();
+    let (client_rate, client_burst) = Limits::DEFAULT_CLIENT;
+    let address_bound = f64::from(client_burst) + client_rate * elapsed;
+    eprintln!(
+        "reconnect loop: {sockets} sockets, {refused} handshakes refused, {spam} messages into the room in {elapsed:.1} s (address bound {address_bound:.0})"
+    );
+    assert!(sockets > 1, "the loop reconnected");
+    assert!(refused > 0, "handshakes and joins are limited");
+    assert!((spam as f64) <= address_bound, "{spam} messages");
+    expect_alive(&mut watcher).await;
+}
+
+#[tokio::test]
+async fn thirty_people_behind_one_address_chatting_as_people_do_are_never_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: DEFAULT_LIMITS,
+    });
+    // A classroom: everyone opens the page at once, then each writes every
+    // two to four seconds, for twelve seconds.
+    let server = &server;
+    let people = futures::future::join_all((0..30).map(|i| async move {
+        let mut socket = server.connect().await;
+        let name = format!("pupil {i}");
+        send(
+            &mut socket,
+            json!({"action": "join", "room": "class", "name": name}),
+        )
+        .await;
+        // The others' arrivals may come first.
+        while next_frame(&mut socket).await["type"] != "joined" {}
+        let mut refused = Vec::new();
+        let mut sent = 0;
+        let started = std::time::Instant::now();
+        let mut next = Duration::from_millis(100 * (i % 30));
+        while started.elapsed() < Duration::from_secs(12) {
+            tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+            say(&mut socket, &format!("{i}: {sent}")).await;
+            sent += 1;
+            next += Duration::from_millis(2000 + 67 * ((i * 7 + sent) % 30));
+            for frame in drain(&mut socket).await {
+                if frame["type"] == "error" {
+                    refused.push(frame);
+                }
+            }
+        }
+        (sent, refused)
+    }))
+    .await;
+    let sent: u64 = people.iter().map(|(sent, _)| sent).sum();
+    let refused: Vec<_> = people
+        .into_iter()
+        .flat_map(|(_, refused)| refused)
+        .collect();
+    assert!(sent >= 30 * 4, "{sent} messages");
+    assert!(refused.is_empty(), "refused: {refused:?}");
+}
+
+#[tokio::test]
+async fn a_frame_with_a_key_twice_is_refused_whatever_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, _) = server.join("r", "Ada").await;
+    send_text(
+        &mut ada,
+        r#"{"action":"leave","action":"sendmessage","data":"which one?"}"#,
+    )
+    .await;
+    let refused = expect_error(&mut ada, "bad_request").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{refused}"
+    );
+    expect_nothing_more(&mut ada).await;
+}

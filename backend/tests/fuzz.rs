@@ -217,7 +217,7 @@ fn the_handlers_answer_every_frame() {
         let pusher = LocalPusher::default();
         let store = LocalStore::new(messages.clone(), messages);
         let config = ChatConfig {
-            rate_limit: None,
+            limits: backend::store::Limits::OFF,
             ..ChatConfig::default()
         };
         (dynamo, Chat::new(store, pusher.clone(), config), pusher)
@@ -235,7 +235,15 @@ fn the_handlers_answer_every_frame() {
             ConnectionInfo::new(1, "203.0.113.9".into(), "fuzz".into()),
         );
         runtime.block_on(async {
-            let connect = chat.connect(&id, 1, None, None).await;
+            let connect = chat
+                .connect(&backend::chat::Connecting {
+                    connection_id: &id,
+                    connected_at: 1,
+                    client: None,
+                    room: None,
+                    name: None,
+                })
+                .await;
             assert_eq!(connect.status_code, 200);
         });
         let mut joined = false;

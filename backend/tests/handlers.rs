@@ -8,6 +8,7 @@ use aws_lambda_events::query_map::QueryMap;
 use backend::chat::{Arrival, Chat, ChatConfig, OriginPolicy};
 use backend::pusher::Frame;
 use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
+use backend::store::NewConnection;
 use backend::store::Store;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use common::Dynamo;
@@ -76,7 +77,7 @@ impl Harness {
     async fn connect(&self, id: &str, query: &[(&str, &str)]) -> (i64, Inbox) {
         let frames = register(self.chat.pusher(), id);
         let status = self
-            .run_connect(id, query, backend::chat::now_ms() - 60_000)
+            .run_connect(id, query, backend::clock::now_ms() - 60_000)
             .await;
         (status, frames)
     }
@@ -112,7 +113,7 @@ fn recorded(file: &str, id: &str) -> ApiGatewayWebsocketProxyRequest {
     // Stamped now, as API Gateway would: a record from the recording's time
     // would expire (and drop out of queries) a few hours after it.
     if event.request_context.connected_at != 0 {
-        event.request_context.connected_at = backend::chat::now_ms() as i64;
+        event.request_context.connected_at = backend::clock::now_ms() as i64;
     }
     event
 }
@@ -317,7 +318,7 @@ async fn a_push_during_connect_does_not_cost_the_connection_its_record() {
         socket: ada_socket.clone(),
         frames: VecDeque::new(),
     };
-    let now = backend::chat::now_ms();
+    let now = backend::clock::now_ms();
     assert_eq!(
         harness
             .run_connect("ada", &[("room", "r"), ("name", "Ada")], now)
@@ -357,7 +358,11 @@ async fn a_room_of_thousands_gets_every_message_once() {
         harness
             .chat
             .store()
-            .add_connection(&id, backend::chat::now_ms(), Some((&room, &name)))
+            .add_connection(&NewConnection::new(
+                &id,
+                backend::clock::now_ms(),
+                Some((&room, &name)),
+            ))
             .await
             .unwrap();
     }
@@ -434,7 +439,7 @@ async fn a_page_from_another_site_is_refused_before_anything_is_recorded() {
 async fn history_pages_back_through_a_room_within_the_frame_limit() {
     // Each page counts against the rate limit; this reader pages quickly.
     let harness = Harness::with(ChatConfig {
-        rate_limit: None,
+        limits: backend::store::Limits::OFF,
         ..ChatConfig::default()
     })
     .await;
@@ -448,7 +453,7 @@ async fn history_pages_back_through_a_room_within_the_frame_limit() {
 
     // 120 messages of up to 4 KB each, saved an hour ago and on.
     let store = harness.chat.store();
-    let start = backend::chat::now_ms() - 3_600_000;
+    let start = backend::clock::now_ms() - 3_600_000;
     let mut saved = Vec::new();
     for i in 0..120u64 {
         let message = shared::ChatMessage {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use backend::store::NewConnection;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
@@ -34,7 +35,7 @@ fn name(name: &str) -> Name {
 /// long ago would be expired, and queries leave expired items out.
 fn recently() -> u64 {
     static AN_HOUR_AGO: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *AN_HOUR_AGO.get_or_init(|| backend::chat::now_ms() - 3_600_000)
+    *AN_HOUR_AGO.get_or_init(|| backend::clock::now_ms() - 3_600_000)
 }
 
 fn message(room: &str, i: u64) -> ChatMessage {
@@ -52,19 +53,30 @@ fn message(room: &str, i: u64) -> ChatMessage {
 async fn room_members_follow_every_page() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, Some(3)).await;
-    let now = backend::chat::now_ms();
+    let now = backend::clock::now_ms();
     for i in 0..10 {
         let id = format!("conn-{i}");
         store
-            .add_connection(&id, now, Some((&room("big"), &name(&format!("user {i}")))))
+            .add_connection(&NewConnection::new(
+                &id,
+                now,
+                Some((&room("big"), &name(&format!("user {i}")))),
+            ))
             .await
             .unwrap();
     }
     store
-        .add_connection("other", now, Some((&room("small"), &name("Bo"))))
+        .add_connection(&NewConnection::new(
+            "other",
+            now,
+            Some((&room("small"), &name("Bo"))),
+        ))
         .await
         .unwrap();
-    store.add_connection("lobbyist", now, None).await.unwrap();
+    store
+        .add_connection(&NewConnection::new("lobbyist", now, None))
+        .await
+        .unwrap();
 
     let mut members = store.room_members("big").await.unwrap().to_vec();
     members.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
@@ -85,7 +97,10 @@ async fn room_members_follow_every_page() {
 async fn membership_changes_return_the_connection_as_it_was() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, None).await;
-    store.add_connection("c1", recently(), None).await.unwrap();
+    store
+        .add_connection(&NewConnection::new("c1", recently(), None))
+        .await
+        .unwrap();
 
     let before = store
         .join_room("c1", &room("one"), &name("Ada"))
@@ -181,15 +196,23 @@ async fn expired_items_are_left_out_before_dynamodb_deletes_them() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, Some(1)).await;
     let config = StoreConfig::default();
-    let now = backend::chat::now_ms();
+    let now = backend::clock::now_ms();
     let hour = 3_600_000;
     let stale = now - config.connection_ttl.as_millis() as u64 - hour;
     store
-        .add_connection("stale", stale, Some((&room("ttl"), &name("Old"))))
+        .add_connection(&NewConnection::new(
+            "stale",
+            stale,
+            Some((&room("ttl"), &name("Old"))),
+        ))
         .await
         .unwrap();
     store
-        .add_connection("live", now, Some((&room("ttl"), &name("New"))))
+        .add_connection(&NewConnection::new(
+            "live",
+            now,
+            Some((&room("ttl"), &name("New"))),
+        ))
         .await
         .unwrap();
     let members = store.room_members("ttl").await.unwrap();
@@ -235,8 +258,11 @@ async fn expired_items_are_left_out_before_dynamodb_deletes_them() {
 async fn items_carry_a_ttl_and_the_tables_enable_it() {
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, None).await;
-    let now_ms = backend::chat::now_ms();
-    store.add_connection("c1", now_ms, None).await.unwrap();
+    let now_ms = backend::clock::now_ms();
+    store
+        .add_connection(&NewConnection::new("c1", now_ms, None))
+        .await
+        .unwrap();
     let mut fresh = message("r", 1);
     fresh.ts = now_ms;
     store.save_message(&fresh).await.unwrap();
@@ -289,35 +315,136 @@ async fn items_carry_a_ttl_and_the_tables_enable_it() {
 }
 
 #[tokio::test]
-async fn reset_connections_forgets_every_connection_and_keeps_messages() {
+async fn a_restart_removes_its_own_stale_records_and_nobody_elses() {
     let dynamo = Dynamo::start().await;
+    let gateway = |id: &str| {
+        DynamoStore::new(
+            dynamo.client.clone(),
+            StoreConfig {
+                gateway: Some(id.into()),
+                ..StoreConfig::default()
+            },
+        )
+    };
+    let mine = gateway("mine");
+    mine.ensure_tables().await.unwrap();
+    let theirs = gateway("theirs");
+    theirs.ensure_tables().await.unwrap();
+    let lambda = store(&dynamo, None).await;
+    for (store, id) in [(&mine, "m1"), (&mine, "m2"), (&theirs, "t1")] {
+        store
+            .add_connection(&NewConnection::new(
+                id,
+                recently(),
+                Some((&room("r"), &name(id))),
+            ))
+            .await
+            .unwrap();
+    }
+    lambda
+        .add_connection(&NewConnection::new(
+            "l1",
+            recently(),
+            Some((&room("r"), &name("l1"))),
+        ))
+        .await
+        .unwrap();
+    mine.save_message(&message("r", 1)).await.unwrap();
+
+    // The next start of "mine" (tables already there, untouched).
+    let restarted = gateway("mine");
+    restarted.ensure_tables().await.unwrap();
+    assert_eq!(restarted.remove_stale_connections().await.unwrap(), 2);
+    let mut left: Vec<String> = restarted
+        .room_members("r")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.connection_id.to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["l1", "t1"], "only this gateway's records go");
+    assert_eq!(restarted.recent_messages("r", 50).await.unwrap().len(), 1);
+    assert_eq!(restarted.remove_stale_connections().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_table_whose_ttl_was_never_turned_on_gets_it_at_the_next_start() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveStatus,
+    };
+    let dynamo = Dynamo::start().await;
+    // As a start that crashed between CreateTable and UpdateTimeToLive left it.
+    dynamo
+        .client
+        .create_table()
+        .table_name("chat-messages")
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("room")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("room")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Range)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
     let store = store(&dynamo, None).await;
-    store
-        .add_connection("c1", recently(), Some((&room("r"), &name("Ada"))))
+    store.ensure_tables().await.unwrap();
+    let ttl = dynamo
+        .client
+        .describe_time_to_live()
+        .table_name("chat-messages")
+        .send()
         .await
+        .unwrap()
+        .time_to_live_description
         .unwrap();
-    store.save_message(&message("r", 1)).await.unwrap();
-    store.reset_connections().await.unwrap();
-    assert!(store.connection("c1").await.unwrap().is_none());
-    assert!(store.room_members("r").await.unwrap().is_empty());
-    assert_eq!(store.recent_messages("r", 50).await.unwrap().len(), 1);
-    // And the table works as before.
-    store
-        .add_connection("c2", recently(), Some((&room("r"), &name("Bo"))))
-        .await
-        .unwrap();
-    assert_eq!(store.room_members("r").await.unwrap().len(), 1);
+    assert!(matches!(
+        ttl.time_to_live_status(),
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ));
 }
 
 /// The same sequence on both adapters: DynamoDB evaluates the limit in
 /// condition expressions, chat-local in memory; they must agree exactly.
 async fn rate_limit_sequence(store: &impl Store) {
-    use backend::store::{Admission, RateLimit};
+    use backend::store::{Admission, Limits, RateLimit};
     const SECOND: u64 = 1_000_000;
-    let limit = RateLimit::new(2.0, 3).unwrap().unwrap();
-    let limit = Some(&limit);
+    let limit = Limits {
+        connection: RateLimit::new(2.0, 3).unwrap(),
+        ..Limits::OFF
+    };
+    let limit = &limit;
     store
-        .add_connection("c1", recently(), Some((&room("r"), &name("Ada"))))
+        .add_connection(&NewConnection::new(
+            "c1",
+            recently(),
+            Some((&room("r"), &name("Ada"))),
+        ))
         .await
         .unwrap();
     let start = 1_700_000_000 * SECOND;
@@ -364,11 +491,125 @@ async fn rate_limit_sequence(store: &impl Store) {
     for _ in 0..20 {
         assert!(admitted(
             store
-                .admit_message("c1", None, start + 60 * SECOND)
+                .admit_message("c1", &Limits::OFF, start + 60 * SECOND)
                 .await
                 .unwrap()
         ));
     }
+}
+
+/// A client address's limits, the same on both adapters: handshakes on a
+/// bucket of their own, and a new connection starting where the address's
+/// last one left off, so reconnecting refills nothing.
+async fn client_limit_sequence(store: &impl Store) {
+    use backend::store::{Admission, ClientAdmission, Limits, RateLimit};
+    const SECOND: u64 = 1_000_000;
+    let limits = Limits {
+        connection: RateLimit::new(1.0, 3).unwrap(),
+        client: None,
+        handshakes: RateLimit::new(1.0, 2).unwrap(),
+    };
+    let start = 1_700_000_000 * SECOND;
+    let client = "198.51.100.4";
+    let admit = |at: u64, joining: bool| store.admit_client(client, &limits, joining, start + at);
+    // Two handshakes at once, the third refused, one more a second later.
+    let first = admit(0, false).await.unwrap();
+    assert_eq!(first, ClientAdmission::Admitted { full_again_us: 0 });
+    assert!(matches!(
+        admit(0, false).await.unwrap(),
+        ClientAdmission::Admitted { .. }
+    ));
+    assert_eq!(admit(0, false).await.unwrap(), ClientAdmission::Limited);
+    assert!(matches!(
+        admit(SECOND, false).await.unwrap(),
+        ClientAdmission::Admitted { .. }
+    ));
+    // Another address is not affected.
+    assert!(matches!(
+        store
+            .admit_client("198.51.100.5", &limits, false, start)
+            .await
+            .unwrap(),
+        ClientAdmission::Admitted { .. }
+    ));
+
+    // A connection spends its burst, then goes away: the next one from
+    // the same address starts where it left off.
+    let now = start + 2 * SECOND;
+    store
+        .add_connection(&NewConnection {
+            client: Some(client),
+            ..NewConnection::new("spender", recently(), None)
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            store.admit_message("spender", &limits, now).await.unwrap(),
+            Admission::Admitted(_)
+        ));
+    }
+    assert_eq!(
+        store.admit_message("spender", &limits, now).await.unwrap(),
+        Admission::Limited
+    );
+    store.remove_connection("spender").await.unwrap();
+    // The handler reads the real clock when it hands on the bucket; these
+    // times are in the past, so hand-over happens only when it is later
+    // than now: use real time from here on.
+    let now = backend::clock::now_us();
+    let limits = Limits {
+        handshakes: None,
+        ..limits
+    };
+    let fresh = store
+        .admit_client("203.0.113.50", &limits, false, now)
+        .await
+        .unwrap();
+    assert_eq!(fresh, ClientAdmission::Admitted { full_again_us: 0 });
+    store
+        .add_connection(&NewConnection {
+            client: Some("203.0.113.50"),
+            ..NewConnection::new("first", recently(), None)
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        store.admit_message("first", &limits, now).await.unwrap();
+    }
+    store.remove_connection("first").await.unwrap();
+    let ClientAdmission::Admitted { full_again_us } = store
+        .admit_client("203.0.113.50", &limits, false, now)
+        .await
+        .unwrap()
+    else {
+        panic!("the handshake bucket has room");
+    };
+    assert_eq!(
+        full_again_us,
+        now + 3 * SECOND,
+        "starts with an empty bucket"
+    );
+    store
+        .add_connection(&NewConnection {
+            client: Some("203.0.113.50"),
+            full_again_us,
+            ..NewConnection::new("second", recently(), None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admit_message("second", &limits, now).await.unwrap(),
+        Admission::Limited
+    );
+    // A `?room=` join at connect time counts too: refused while empty.
+    assert_eq!(
+        store
+            .admit_client("203.0.113.50", &limits, true, now)
+            .await
+            .unwrap(),
+        ClientAdmission::Limited
+    );
 }
 
 #[tokio::test]
@@ -376,6 +617,8 @@ async fn the_rate_limit_is_the_same_in_dynamodb_and_in_memory() {
     let dynamo = Dynamo::start().await;
     let dynamo_store = store(&dynamo, None).await;
     rate_limit_sequence(&dynamo_store).await;
+    client_limit_sequence(&dynamo_store).await;
     let local = backend::store::local::LocalStore::new(dynamo_store.clone(), dynamo_store);
     rate_limit_sequence(&local).await;
+    client_limit_sequence(&local).await;
 }

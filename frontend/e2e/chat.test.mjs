@@ -303,6 +303,56 @@ test('under API Gateway\'s rules idle tabs stay connected and forced reconnects 
   }
 });
 
+test('tabs cut off at the same moment, or by a restart, come back without notices', async () => {
+  // Cut together (as API Gateway's 2-hour cap does to tabs that connected
+  // together), neither tab hears the other's leave: it goes to a connection
+  // that is closing too. A restart sends no leaves at all. Either way the
+  // one that rejoins second must not be announced to the one that was first.
+  const data = mkdtempSync(join(tmpdir(), 'chat-cut-'));
+  const extra = ['--management-addr', '127.0.0.1:0'];
+  let chat = await startServer('127.0.0.1:0', { data, extra });
+  const ids = () => [...chat.output().matchAll(/ connected connection_id="?(\w+)/g)].map((m) => m[1]);
+  try {
+    const ada = await openAs('Ada', 'cut-room', chat.url);
+    const bo = await openAs('Bo', 'cut-room', chat.url);
+    await log(ada).getByText('\u2068Bo\u2069 joined').waitFor(WAIT);
+    await members(bo).getByText('Ada', { exact: true }).waitFor(WAIT);
+    const quiet = async (when) => {
+      for (const page of [ada, bo]) await page.getByText('Connected').waitFor({ timeout: 30_000 });
+      // Past the grace period in which a leave waits for its rejoin.
+      await ada.waitForTimeout(6000);
+      assert.equal(await log(bo).getByText(/Ada\u2069 (left|joined)/).count(), 0, `${when}: Bo saw no leave or join of Ada`);
+      assert.equal(await log(ada).getByText(/Bo\u2069 left/).count(), 0, `${when}: Ada saw no leave of Bo`);
+      assert.equal(await log(ada).getByText(/Bo\u2069 joined/).count(), 1, `${when}: only the real join`);
+      for (const page of [ada, bo]) {
+        for (const name of ['Ada', 'Bo']) {
+          assert.equal(await members(page).getByText(name, { exact: true }).count(), 1, `${when}: ${name} listed once`);
+        }
+      }
+    };
+
+    const management = chat.output().match(/management API on (http:\/\/\S+)/)[1];
+    const cut = ids();
+    assert.equal(cut.length, 2);
+    await Promise.all(cut.map((id) => fetch(`${management}/@connections/${id}`, { method: 'DELETE' })));
+    const deadline = Date.now() + 15_000;
+    while (ids().length < 4 && Date.now() < deadline) await ada.waitForTimeout(100);
+    assert.equal(ids().length, 4, 'both tabs reconnected');
+    await quiet('cut together');
+
+    const addr = new URL(chat.url).host;
+    await stopServer(chat.child);
+    await ada.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+    chat = await startServer(addr, { data, extra });
+    await quiet('after a restart');
+    await ada.context().close();
+    await bo.context().close();
+  } finally {
+    await stopServer(chat.child);
+    rmSync(data, { recursive: true, force: true });
+  }
+});
+
 test('messages that reach a joiner before its joined frame are kept, once each', async () => {
   // Someone has already said something in the room.
   const ann = await openAs('Ann', 'early-room');

@@ -53,8 +53,10 @@ struct Link {
     /// When a frame was last sent (ms), for the heartbeat.
     last_sent: f64,
     heartbeat: Option<Timeout>,
-    /// The countdown to the next attempt while offline.
-    retry: Option<Interval>,
+    /// The next attempt while offline.
+    retry: Option<Timeout>,
+    /// The seconds shown until then.
+    countdown: Option<Interval>,
     /// A `join` to send again after the server failed one.
     rejoin: Option<Timeout>,
 }
@@ -223,17 +225,25 @@ impl Outbox {
         let Some(delay) = delay.flatten() else { return };
         let mut left = (delay.as_millis() as u32).div_ceil(1000).max(1);
         self.state.status.set(Status::Offline(left));
-        let tick = delay.min(Duration::from_secs(1)).as_millis() as u32;
-        let countdown = Interval::new(tick, move || {
-            left -= 1;
-            if left == 0 {
-                self.link.update_value(|link| link.retry = None);
-                self.open();
-            } else {
-                self.state.status.set(Status::Offline(left));
-            }
+        // The attempt goes at the jittered instant itself, not when the
+        // countdown reaches zero: rounded up to whole seconds, every delay
+        // past the first second would lose its jitter, and tabs that lost
+        // the server together would come back together.
+        let countdown = Interval::new(1000, move || {
+            left = left.saturating_sub(1).max(1);
+            self.state.status.set(Status::Offline(left));
         });
-        self.link.update_value(|link| link.retry = Some(countdown));
+        let attempt = Timeout::new(delay.as_millis() as u32, move || {
+            self.link.update_value(|link| {
+                link.retry = None;
+                link.countdown = None;
+            });
+            self.open();
+        });
+        self.link.update_value(|link| {
+            link.retry = Some(attempt);
+            link.countdown = Some(countdown);
+        });
     }
 }
 

@@ -1,6 +1,6 @@
 //! What the app knows, as signals, and how each server frame changes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use leptos::prelude::*;
 use shared::{ChatMessage, ErrorCode, HistoryEntry, Name, PresenceEvent, Room, ServerFrame};
@@ -74,6 +74,9 @@ pub struct ChatState {
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
     pending: StoredValue<Vec<Pending>, LocalStorage>,
+    /// Names this tab lost sight of while it reconnected itself, and until
+    /// when (ms) their join is taken for a reconnect too.
+    missed: StoredValue<BTreeMap<String, u64>>,
     /// Messages for the room being joined that came before its `joined`.
     early: StoredValue<Vec<ChatMessage>>,
     /// Ids of the messages this tab sent (since the page loaded).
@@ -125,6 +128,11 @@ pub enum Followup {
 /// before it is shown: the web app reconnects within a few seconds.
 const RECONNECT_GRACE_MS: u32 = 5_000;
 
+/// How long after this tab's own rejoin a name missing from the new member
+/// list may come back without a notice: past the longest retry (15 s), so a
+/// restarted server's rejoins, spread over the backoff, stay quiet.
+const MISSED_GRACE_MS: u64 = 30_000;
+
 struct Pending {
     key: u64,
     name: String,
@@ -159,6 +167,7 @@ impl ChatState {
             seen: StoredValue::new(BTreeSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new_local(Vec::new()),
+            missed: StoredValue::new(BTreeMap::new()),
             early: StoredValue::new(Vec::new()),
             sent: StoredValue::new(BTreeSet::new()),
             loaded_at: crate::browser::now_ms(),
@@ -198,9 +207,13 @@ impl ChatState {
                     self.log.set(Vec::new());
                     self.seen.update_value(BTreeSet::clear);
                     self.pending.update_value(Vec::clear);
+                    self.missed.update_value(BTreeMap::clear);
                     self.follow.set_value(true);
                     self.older
                         .set(if more { Older::Maybe } else { Older::None });
+                } else {
+                    // A rejoin after this tab's own reconnect.
+                    self.note_missed(&members);
                 }
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
@@ -406,11 +419,19 @@ impl ChatState {
     /// order (the old connection's leave can come after the new one's join).
     /// Such notices wait that long and are dropped if their pair arrives.
     fn announce(&self, event: PresenceEvent, name: String, already_here: bool) {
+        // Taken first, so that the entry is used up whichever way this goes.
+        let expected = event == PresenceEvent::Join && self.expected_back(&name);
         let pair = |pending: &Pending| pending.name == name && pending.event != event;
         if let Some(at) = self.pending.with_value(|p| p.iter().position(pair)) {
             self.pending.update_value(|p| {
                 p.remove(at);
             });
+            return;
+        }
+        // Back after a leave this tab never heard: its own connection was
+        // being replaced at the same moment (connections cut together, a
+        // server restart), so the leave went to the old one, or nowhere.
+        if expected {
             return;
         }
         let verb = match event {
@@ -457,6 +478,38 @@ impl ChatState {
         });
     }
 
+    /// On a rejoin of the same room after this tab's own reconnect: names
+    /// listed before and missing from the server's new list went while this
+    /// tab was away, and their leave went unheard (to the old connection, or
+    /// to none: a restarted server sends none). Most of them are reconnecting
+    /// too, so their join, when it comes, is not news.
+    fn note_missed(&self, members: &[String]) {
+        let now = crate::browser::now_ms();
+        let listed: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+        let gone: Vec<String> = self.members.with_untracked(|before| {
+            before
+                .iter()
+                .filter(|name| !listed.contains(name.as_str()))
+                .cloned()
+                .collect()
+        });
+        self.missed.update_value(|missed| {
+            missed.retain(|_, until| *until > now);
+            for name in gone {
+                missed.insert(name, now + MISSED_GRACE_MS);
+            }
+        });
+    }
+
+    /// Whether `name` is one [`Self::note_missed`] is still waiting for; it
+    /// waits no longer either way.
+    fn expected_back(&self, name: &str) -> bool {
+        self.missed
+            .try_update_value(|missed| missed.remove(name))
+            .flatten()
+            .is_some_and(|until| crate::browser::now_ms() < until)
+    }
+
     pub fn clear_room(&self) {
         if let Some(joined) = self.joined.get_untracked() {
             self.last_room.set(Some(joined.room));
@@ -467,6 +520,7 @@ impl ChatState {
         self.log.set(Vec::new());
         self.seen.update_value(BTreeSet::clear);
         self.pending.update_value(Vec::clear);
+        self.missed.update_value(BTreeMap::clear);
         self.early.update_value(Vec::clear);
     }
 

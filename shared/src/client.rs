@@ -32,10 +32,19 @@ impl ClientFrame {
     /// connection posts to.
     #[cfg(feature = "serde")]
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ProtocolError::bad_request(format!("frame is not valid JSON: {e}")))?;
-        let Value::Object(fields) = value else {
-            return Err(ProtocolError::bad_request("frame must be a JSON object"));
+        let fields = match serde_json::from_str::<UniqueObject>(text) {
+            Ok(UniqueObject(fields)) => fields,
+            // Ours (a repeated key, not an object): without serde's position.
+            Err(e) if e.is_data() => {
+                let message = e.to_string();
+                let message = message.split(" at line ").next().unwrap_or_default();
+                return Err(ProtocolError::bad_request(message.to_owned()));
+            }
+            Err(e) => {
+                return Err(ProtocolError::bad_request(format!(
+                    "frame is not valid JSON: {e}"
+                )));
+            }
         };
         let action = match fields.get("action") {
             Some(Value::String(action)) => action.as_str(),
@@ -116,6 +125,80 @@ impl ClientFrame {
         }
         json.push('}');
         json
+    }
+}
+
+/// A frame's top-level object, refused if a key repeats: readers disagree
+/// on which of two `action`s counts (API Gateway's route selection and
+/// serde would not pick the same), so neither is taken.
+#[cfg(feature = "serde")]
+struct UniqueObject(Map<String, Value>);
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("frame must be a JSON object")
+            }
+
+            // Anything but an object: said plainly, never echoing the input
+            // (serde's own message would quote all of it).
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<UniqueObject, E> {
+                Err(E::custom("frame must be a JSON object"))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<UniqueObject, A::Error> {
+                Err(serde::de::Error::custom("frame must be a JSON object"))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut fields = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    let value: Value = access.next_value()?;
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "the key {:?} appears more than once",
+                            truncate(&key, 64)
+                        )));
+                    }
+                    fields.insert(key, value);
+                }
+                Ok(UniqueObject(fields))
+            }
+        }
+        // `any`, not `map`: serde_json answers a non-object asked for as a map
+        // with an error quoting all of it.
+        deserializer.deserialize_any(Visitor)
     }
 }
 

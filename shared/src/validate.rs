@@ -102,32 +102,53 @@ impl Name {
 
 /// Unicode's format characters (category Cf: invisible, and the bidi
 /// controls can reorder the text around a name) and its line and paragraph
-/// separators. The zero-width joiner and non-joiner stay allowed: emoji
-/// sequences, Persian and Indic scripts need them.
+/// separators (Zl, Zp). The zero-width joiner and non-joiner stay allowed
+/// (emoji sequences, Persian and Indic scripts need them), and so do the
+/// tag characters that spell subdivision flags after a black flag.
 fn is_format_or_separator(c: char) -> bool {
-    matches!(c,
-        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
-        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}'
-        | '\u{200B}' | '\u{200E}'..='\u{200F}'
-        | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
-        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
-        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}')
+    use unicode_general_category::GeneralCategory::*;
+    !matches!(c, '\u{200C}' | '\u{200D}' | '\u{E0020}'..='\u{E007F}')
+        && matches!(
+            unicode_general_category::get_general_category(c),
+            Format | LineSeparator | ParagraphSeparator
+        )
 }
 
-/// Whether `c` shows anything by itself: not white space, not a combining
-/// mark, variation selector or emoji tag, not a joiner, not one of the blank letters
-/// (Hangul fillers, the blank Braille pattern) used for invisible names.
+/// Whether `c` shows anything by itself, by its Unicode general category:
+/// a letter, digit, punctuation or symbol; not a space, mark (combining,
+/// like U+17B4), control, format, private-use or unassigned character.
+/// A few letters and symbols are drawn as nothing at all and are used for
+/// invisible names: the Hangul fillers, the blank Braille pattern, the
+/// musical null notehead.
 fn is_visible(c: char) -> bool {
-    !(c.is_whitespace()
-        || is_format_or_separator(c)
-        || matches!(c,
-            '\u{200C}'..='\u{200D}' | '\u{34F}'
-            | '\u{300}'..='\u{36F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
-            | '\u{20D0}'..='\u{20FF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FE20}'..='\u{FE2F}'
-            | '\u{E0100}'..='\u{E01EF}' | '\u{E0020}'..='\u{E007F}'
-            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'))
+    use unicode_general_category::GeneralCategory::*;
+    let shows = matches!(
+        unicode_general_category::get_general_category(c),
+        UppercaseLetter
+            | LowercaseLetter
+            | TitlecaseLetter
+            | ModifierLetter
+            | OtherLetter
+            | DecimalNumber
+            | LetterNumber
+            | OtherNumber
+            | ConnectorPunctuation
+            | DashPunctuation
+            | OpenPunctuation
+            | ClosePunctuation
+            | InitialPunctuation
+            | FinalPunctuation
+            | OtherPunctuation
+            | MathSymbol
+            | CurrencySymbol
+            | ModifierSymbol
+            | OtherSymbol
+    );
+    shows
+        && !matches!(
+            c,
+            '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}' | '\u{1D159}'
+        )
 }
 
 /// Checks a message body: 1 to 4096 bytes of UTF-8, delivered verbatim.
@@ -222,6 +243,12 @@ mod tests {
             "\u{2800}\u{2800}",
             "\u{200d}",
             "\u{200c}",
+            // Marks, fillers and blank symbols that a hand-kept list missed.
+            "\u{17B4}",
+            "\u{17B5}\u{17B5}",
+            "\u{16FE4}",
+            "\u{1D159}",
+            "\u{E000}",
             lone_marks.as_str(),
         ] {
             assert_eq!(

@@ -16,7 +16,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use backend::chat::{Arrival, Chat, ChatConfig, OriginPolicy};
 use backend::pusher::apigw::{ManagementApi, PostPolicy};
-use backend::store::RateLimit;
+use backend::store::Limits;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use tracing_subscriber::EnvFilter;
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Error> {
     let management = ManagementApi::new(sdk_config, endpoint_override, PostPolicy::default());
     let config = ChatConfig {
         origins: OriginPolicy::from_env()?,
-        rate_limit: RateLimit::from_env()?,
+        limits: Limits::from_env()?,
         ..ChatConfig::default()
     };
     // Unset (local runs), a connect is announced before it is answered.

@@ -12,26 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
 use axum::routing::get;
+use axum::{Router, middleware};
 use backend::chat::{Chat, ChatConfig, OriginPolicy};
+use backend::local::client_address::{Network, TrustedProxies};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
 use backend::local::gateway::{Gateway, GatewayConfig, Integration};
+use backend::local::http::{self, HttpLimits};
 use backend::local::lambda::{LambdaInvoker, LambdaRoutes};
 use backend::local::{management, web_app};
 use backend::pusher::local::LocalPusher;
-use backend::store::RateLimit;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use backend::store::local::LocalStore;
+use backend::store::{Limits, RateLimit};
 use clap::Parser;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
 /// Under chat load a tenth of the CPU went to glibc's malloc and free (many
@@ -75,6 +70,16 @@ struct Args {
     /// How long a socket may stay silent before it counts as dead.
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// How long part of a WebSocket message may wait for the rest; a client
+    /// that never finishes one is disconnected (1008), not left holding a
+    /// buffer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    message_deadline: Duration,
+    /// How long an HTTP connection (not a WebSocket) may go without moving
+    /// a byte: a response nobody reads, a request that never arrives, an
+    /// idle keep-alive.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    http_stall_timeout: Duration,
     /// Longest a connection may last (API Gateway's limit is 2 hours).
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     max_connection_duration: Duration,
@@ -105,27 +110,94 @@ struct Args {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
-    /// Open WebSockets at most; handshakes beyond it get 503.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 20_000,
-        env = "CHAT_MAX_CONNECTIONS"
-    )]
-    max_connections: usize,
+    /// Open WebSockets at most; handshakes beyond it get 503. Unset, 20 000
+    /// or what the open file limit leaves room for, if less; set higher than
+    /// that room, it is lowered with a warning.
+    #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Open WebSockets per client address at most; handshakes beyond it get
     /// 429. Off by default: behind a reverse proxy every client has the
     /// proxy's address.
     #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS_PER_IP",
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_ip: Option<u32>,
-    /// Messages per second one connection may send, on average; `0` turns
-    /// the limit off (benchmarks and load tests do).
+    /// HTTP connections that are not WebSockets (page loads, handshakes
+    /// under way) open at once at most; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = HttpLimits::default().max_connections,
+          env = "CHAT_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: usize,
+    /// The same per client address; `0` for no per-address cap. A browser
+    /// opens at most six to one server, so 64 lets a few people share an
+    /// address (behind NAT) while one client cannot hold them all.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        env = "CHAT_MAX_HTTP_CONNECTIONS_PER_IP"
+    )]
+    max_http_connections_per_ip: usize,
+    /// A reverse proxy in front of chat-local (an address or CIDR block,
+    /// repeatable): for connections from it, the client's address is taken
+    /// from `X-Forwarded-For` or `Forwarded`. Without it those headers are
+    /// ignored, since any client can write them.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "CHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<Network>,
+    /// What one connection may do per second, on average: messages, joins,
+    /// leaves, history pages. `0` turns every rate limit off, the
+    /// per-address and handshake ones too (benchmarks and load tests run
+    /// thousands of clients from one address).
     #[arg(long, value_name = "PER_SECOND", default_value_t = RateLimit::DEFAULT.0, env = "CHAT_RATE_LIMIT")]
     rate_limit: f64,
-    /// Messages one connection may send at once before the rate applies.
+    /// What one connection may do at once before the rate applies.
     #[arg(long, value_name = "N", default_value_t = RateLimit::DEFAULT.1, env = "CHAT_RATE_BURST")]
     rate_burst: u32,
+    /// What one client address may do per second, all its connections
+    /// together (a person's reconnects, or a classroom behind one NAT).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = Limits::DEFAULT_CLIENT.0, env = "CHAT_CLIENT_RATE_LIMIT")]
+    client_rate_limit: f64,
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_CLIENT.1, env = "CHAT_CLIENT_RATE_BURST")]
+    client_rate_burst: u32,
+    /// WebSocket handshakes one client address may make per second; a
+    /// bucket of its own, so a reload is never refused for having chatted.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = Limits::DEFAULT_HANDSHAKES.0, env = "CHAT_HANDSHAKE_RATE_LIMIT")]
+    handshake_rate_limit: f64,
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_HANDSHAKES.1, env = "CHAT_HANDSHAKE_RATE_BURST")]
+    handshake_rate_burst: u32,
+}
+
+impl Args {
+    /// The rate limits asked for; `--rate-limit 0` turns them all off.
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let limit = |name: &str, per_second, burst| {
+            RateLimit::new(per_second, burst).map_err(|error| anyhow::anyhow!("{name}: {error}"))
+        };
+        let Some(connection) = limit(
+            "--rate-limit/--rate-burst",
+            self.rate_limit,
+            self.rate_burst,
+        )?
+        else {
+            return Ok(Limits::OFF);
+        };
+        Ok(Limits {
+            connection: Some(connection),
+            client: limit(
+                "--client-rate-limit/--client-rate-burst",
+                self.client_rate_limit,
+                self.client_rate_burst,
+            )?,
+            handshakes: limit(
+                "--handshake-rate-limit/--handshake-rate-burst",
+                self.handshake_rate_limit,
+                self.handshake_rate_burst,
+            )?,
+        })
+    }
 }
 
 /// Where `trunk serve` (Trunk.toml) serves the app while it is being worked on.
@@ -154,7 +226,9 @@ async fn main() -> anyhow::Result<()> {
             args.idle_timeout
         );
     }
-    raise_open_file_limit();
+    let descriptors = raise_open_file_limit();
+    let max_connections =
+        fit_descriptors(args.max_connections, args.max_http_connections, descriptors)?;
     let origins = OriginPolicy::only(
         TRUNK_SERVE_ORIGINS
             .iter()
@@ -172,8 +246,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let chat_config = ChatConfig {
         origins,
-        rate_limit: RateLimit::new(args.rate_limit, args.rate_burst)
-            .map_err(|error| anyhow::anyhow!("--rate-limit/--rate-burst: {error}"))?,
+        limits: args.limits()?,
         ..ChatConfig::default()
     };
 
@@ -195,11 +268,10 @@ async fn main() -> anyhow::Result<()> {
             connection_ttl: args
                 .max_connection_duration
                 .saturating_add(Duration::from_secs(3600)),
+            gateway: Some(gateway_id(&args.data_dir)?),
             ..StoreConfig::default()
         },
     );
-    // Connection records name sockets of this process only: those of a
-    // previous run are stale.
     let in_memory = args.store == StoreKind::Memory && args.lambda_endpoint.is_none();
     if in_memory {
         dynamo
@@ -211,18 +283,25 @@ async fn main() -> anyhow::Result<()> {
             .ensure_tables()
             .await
             .context("cannot create the tables")?;
-        dynamo
-            .reset_connections()
+        // This gateway's records of a previous run name sockets that are
+        // gone; nobody else's are touched.
+        let stale = dynamo
+            .remove_stale_connections()
             .await
-            .context("cannot clear the connections of a previous run")?;
+            .context("cannot remove the connection records of a previous run")?;
+        if stale > 0 {
+            tracing::info!(stale, "removed connection records of a previous run");
+        }
     }
 
     let gateway_config = GatewayConfig {
         ping_interval: args.ping_interval,
         idle_timeout: args.idle_timeout,
         max_connection_duration: args.max_connection_duration,
-        max_connections: args.max_connections,
+        max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        message_deadline: args.message_deadline,
+        trusted_proxies: Arc::new(TrustedProxies::new(args.trusted_proxies.clone())),
         ..GatewayConfig::default()
     };
     let sockets = LocalPusher::default();
@@ -233,6 +312,13 @@ async fn main() -> anyhow::Result<()> {
         // advance: it must be where it was said to be.
         management_fixed: args.lambda_endpoint.is_some(),
         dist: args.dist.clone(),
+        http: HttpLimits {
+            max_connections: args.max_http_connections,
+            max_connections_per_ip: (args.max_http_connections_per_ip > 0)
+                .then_some(args.max_http_connections_per_ip),
+            stall_timeout: args.http_stall_timeout,
+            ..HttpLimits::default()
+        },
     };
     match &args.lambda_endpoint {
         // The real Lambda binaries, invoked as API Gateway would.
@@ -275,6 +361,24 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This chat-local's name in the connection records it writes (with
+/// `--store dynamodb`), kept in its data directory so that its next start
+/// finds the records this run leaves behind.
+fn gateway_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("gateway-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let id = backend::ids::unguessable_id(16);
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
 /// Where chat-local listens, and what it serves besides the gateway.
 struct Listen {
     addr: SocketAddr,
@@ -282,6 +386,7 @@ struct Listen {
     /// No free port instead of the default one.
     management_fixed: bool,
     dist: PathBuf,
+    http: HttpLimits,
 }
 
 /// The default Management API address, when nobody asked for another.
@@ -294,10 +399,9 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
     let (addr, dist) = (&listen.addr, listen.dist.as_path());
     let gateway = Arc::new(gateway);
     let management = match listen.management_addr {
-        Some(addr) => tokio::net::TcpListener::bind(addr)
-            .await
+        Some(addr) => http::listen(addr)
             .with_context(|| format!("cannot listen on {addr} (--management-addr)"))?,
-        None => match tokio::net::TcpListener::bind(MANAGEMENT_ADDR).await {
+        None => match http::listen(MANAGEMENT_ADDR.parse()?) {
             Ok(listener) => listener,
             Err(error) if listen.management_fixed => {
                 anyhow::bail!(
@@ -306,7 +410,7 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
             }
             Err(error) => {
                 tracing::warn!(%error, "{MANAGEMENT_ADDR} is taken; the management API gets a free port");
-                tokio::net::TcpListener::bind("127.0.0.1:0").await?
+                http::listen("127.0.0.1:0".parse()?)?
             }
         },
     };
@@ -321,95 +425,129 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
         .route("/ws", get(Gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .fallback_service(web_app::router(dist))
-        .with_state(Arc::clone(&gateway));
+        .with_state(Arc::clone(&gateway))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Some(dist.to_owned())),
+            web_app::security_headers,
+        ));
 
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = http::listen(*addr).with_context(|| format!("cannot listen on {addr}"))?;
     let stopping = CancellationToken::new();
-    tokio::spawn(
-        axum::serve(management, management::router(Arc::clone(&gateway)))
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future(),
-    );
+    let management_limits = HttpLimits {
+        max_connections: 256,
+        max_connections_per_ip: None,
+        ..HttpLimits::default()
+    };
+    let management_connections = tokio::spawn(http::serve(
+        management,
+        management::router(Arc::clone(&gateway)),
+        management_limits,
+        Arc::default(),
+        stopping.clone(),
+    ));
     tracing::info!("management API on http://{management_addr}");
     tracing::info!("chat-local ready on http://{}", listener.local_addr()?);
     tokio::spawn(Arc::clone(&gateway).keep_alive());
 
-    // HTTP/1.1 only, served straight over each TCP stream: a WebSocket
-    // upgrade then hands the gateway the bare socket.
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let connections = TaskTracker::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, most likely: pause rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+    tokio::spawn({
         let stopping = stopping.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = stopping.cancelled() => {
-                    // Finish the request in progress, then close.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "HTTP connection ended");
-            }
-        });
-    }
+        async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        }
+    });
+    // Until Ctrl-C or SIGTERM.
+    let connections = http::serve(
+        listener,
+        app,
+        listen.http.clone(),
+        Arc::clone(&gateway.config().trusted_proxies),
+        stopping.clone(),
+    )
+    .await;
 
     tracing::info!("shutting down");
-    drop(listener);
     let grace = Duration::from_secs(5);
-    stopping.cancel();
     gateway.shut_down(grace).await;
-    connections.close();
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    let management_connections = management_connections.await?;
+    let finished = async {
+        connections.wait().await;
+        management_connections.wait().await;
+    };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         tracing::warn!("some HTTP requests did not finish in time");
     }
     Ok(())
 }
 
 /// Every socket is a file descriptor: take the hard limit, not the (often
-/// 1024) soft one.
-fn raise_open_file_limit() {
+/// 1024) soft one. Returns the limit in effect, if known.
+fn raise_open_file_limit() -> Option<u64> {
     // SAFETY: getrlimit and setrlimit only read and write the struct given.
     unsafe {
         let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
         }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        Some(limit.rlim_cur as u64)
     }
+}
+
+/// Descriptors kept for what is not a client's: the store (its files and
+/// connections), the management API, logs, the runtime.
+const DESCRIPTOR_HEADROOM: u64 = 256;
+
+/// WebSockets at most unless told otherwise.
+const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// `--max-connections`, lowered if WebSockets, HTTP connections and the
+/// headroom would not fit the descriptor limit: past it, accept fails and
+/// nobody new gets in (not even `/healthz`) until someone leaves.
+fn fit_descriptors(
+    asked: Option<usize>,
+    max_http_connections: usize,
+    limit: Option<u64>,
+) -> anyhow::Result<usize> {
+    let max_connections = asked.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let Some(limit) = limit else {
+        return Ok(max_connections);
+    };
+    let available = limit
+        .saturating_sub(DESCRIPTOR_HEADROOM)
+        .saturating_sub(max_http_connections as u64);
+    if available < 16 {
+        anyhow::bail!(
+            "the open file limit ({limit}) leaves no room for WebSockets after {max_http_connections} HTTP connections (--max-http-connections) and {DESCRIPTOR_HEADROOM} for the server itself; raise it (ulimit -n) or lower --max-http-connections"
+        );
+    }
+    if max_connections as u64 > available {
+        if asked.is_none() {
+            tracing::info!(
+                max_connections = available,
+                open_file_limit = limit,
+                "WebSockets capped by the open file limit (ulimit -n)"
+            );
+            return Ok(available as usize);
+        }
+        tracing::warn!(
+            asked = max_connections,
+            lowered_to = available,
+            open_file_limit = limit,
+            max_http_connections,
+            "--max-connections lowered to fit the open file limit (ulimit -n); raise the limit to allow more"
+        );
+        return Ok(available as usize);
+    }
+    Ok(max_connections)
 }
 
 /// Ctrl-C, or SIGTERM from a service manager.
@@ -431,5 +569,28 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_fit_the_descriptor_limit() {
+        // Plenty of descriptors: as asked.
+        assert_eq!(
+            fit_descriptors(Some(1000), 4096, Some(1 << 20)).unwrap(),
+            1000
+        );
+        assert_eq!(fit_descriptors(None, 4096, Some(1 << 20)).unwrap(), 20_000);
+        // 20 000 descriptors: room for HTTP and the server itself first.
+        assert_eq!(fit_descriptors(None, 4096, Some(20_000)).unwrap(), 15_648);
+        assert_eq!(
+            fit_descriptors(Some(50_000), 4096, Some(20_000)).unwrap(),
+            15_648
+        );
+        assert_eq!(fit_descriptors(Some(10), 4096, None).unwrap(), 10);
+        assert!(fit_descriptors(None, 4096, Some(1024)).is_err());
     }
 }

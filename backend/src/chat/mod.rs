@@ -12,7 +12,6 @@ mod origin;
 pub use origin::OriginPolicy;
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
@@ -22,11 +21,29 @@ use shared::{
     limits::HISTORY_LEN,
 };
 
+use crate::clock::now_ms;
+use crate::clock::now_us;
 use crate::pusher::{Frame, Pusher};
-use crate::store::{Admission, Member, Members, RateLimit, Store, StoreError};
+use crate::store::{
+    Admission, ClientAdmission, Limits, Member, Members, NewConnection, Store, StoreError,
+    client_key,
+};
 
 /// The name of a connection that joins through the query string without one.
 pub const DEFAULT_NAME: &str = "anonymous";
+
+/// A `$connect`, as the handler reads it from the event.
+#[derive(Debug, Clone, Copy)]
+pub struct Connecting<'a> {
+    pub connection_id: &'a str,
+    /// Milliseconds since the epoch.
+    pub connected_at: u64,
+    /// The client address the per-client limits count ([`client_key`]).
+    pub client: Option<&'a str>,
+    /// `?room=` and `?name=`.
+    pub room: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
 
 /// A connect-time join (`?room=`) its room has yet to hear of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,17 +72,17 @@ pub struct ChatConfig {
     pub max_in_flight: usize,
     /// The web pages that may connect (any, by default).
     pub origins: OriginPolicy,
-    /// How fast one connection may send messages; `None` for no limit.
-    pub rate_limit: Option<RateLimit>,
+    /// How fast one connection, and one client address, may act and
+    /// connect.
+    pub limits: Limits,
 }
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        let (per_second, burst) = RateLimit::DEFAULT;
         Self {
             max_in_flight: 64,
             origins: OriginPolicy::default(),
-            rate_limit: RateLimit::new(per_second, burst).expect("the default limit is valid"),
+            limits: Limits::default(),
         }
     }
 }
@@ -150,8 +167,15 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     .filter(|&at| at > 0)
                     .unwrap_or_else(now_ms);
                 let query = |key| event.query_string_parameters.first(key);
-                self.connect_deferring(connection_id, connected_at, query("room"), query("name"))
-                    .await
+                let client = context.identity.source_ip.as_deref().and_then(client_key);
+                let connecting = Connecting {
+                    connection_id,
+                    connected_at,
+                    client: client.as_deref(),
+                    room: query("room"),
+                    name: query("name"),
+                };
+                self.connect_deferring(&connecting).await
             }
             (Some("DISCONNECT"), _) | (None, "$disconnect") => {
                 (self.disconnect(connection_id).await, None)
@@ -172,16 +196,8 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     /// `$connect`: records the connection, joining `?room=` (as `?name=`) if
     /// given. API Gateway cannot push to a socket during its `$connect`, so the
     /// joiner gets no `joined` frame; the others hear of it.
-    pub async fn connect(
-        &self,
-        connection_id: &str,
-        connected_at: u64,
-        room: Option<&str>,
-        name: Option<&str>,
-    ) -> ApiGatewayProxyResponse {
-        let (response, arrival) = self
-            .connect_deferring(connection_id, connected_at, room, name)
-            .await;
+    pub async fn connect(&self, connecting: &Connecting<'_>) -> ApiGatewayProxyResponse {
+        let (response, arrival) = self.connect_deferring(connecting).await;
         if let Some(arrival) = arrival {
             self.announce_arrival(&arrival).await;
         }
@@ -192,24 +208,56 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     /// [`Arrival`] returned.
     async fn connect_deferring(
         &self,
-        connection_id: &str,
-        connected_at: u64,
-        room: Option<&str>,
-        name: Option<&str>,
+        connecting: &Connecting<'_>,
     ) -> (ApiGatewayProxyResponse, Option<Arrival>) {
-        let membership = match room.map(|room| parse_membership(room, name)).transpose() {
+        let connection_id = connecting.connection_id;
+        let membership = match connecting
+            .room
+            .map(|room| parse_membership(room, connecting.name))
+            .transpose()
+        {
             Ok(membership) => membership,
             Err(error) => {
                 tracing::info!(connection_id, code = %error.code, "connect refused");
                 return (response(400, &error.message), None);
             }
         };
-        let joined = self.store.add_connection(
+        // The client's limits: handshakes on a bucket of their own, and a
+        // `?room=` join counted like any other.
+        let full_again_us = match connecting.client {
+            Some(client) => match self
+                .store
+                .admit_client(client, &self.config.limits, membership.is_some(), now_us())
+                .await
+            {
+                Ok(ClientAdmission::Admitted { full_again_us }) => full_again_us,
+                Ok(ClientAdmission::Limited) => {
+                    tracing::info!(connection_id, client, "connect refused: rate limited");
+                    let mut refused = response(
+                        429,
+                        "too many connections from your address; wait a few seconds",
+                    );
+                    refused.headers.insert(
+                        aws_lambda_events::http::header::RETRY_AFTER,
+                        aws_lambda_events::http::HeaderValue::from_static("5"),
+                    );
+                    return (refused, None);
+                }
+                Err(error) => {
+                    tracing::error!(connection_id, %error, "connect failed");
+                    return (response(500, "internal error"), None);
+                }
+            },
+            None => 0,
+        };
+        let connection = NewConnection {
             connection_id,
-            connected_at,
-            membership.as_ref().map(|(room, name)| (room, name)),
-        );
-        match joined.await {
+            connected_at: connecting.connected_at,
+            client: connecting.client,
+            full_again_us,
+            membership: membership.as_ref().map(|(room, name)| (room, name)),
+        };
+        match self.store.add_connection(&connection).await {
             Ok(()) => {
                 tracing::info!(
                     connection_id,
@@ -334,12 +382,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     /// announced to a whole room, so a flood of joins and leaves is as loud
     /// as a flood of messages (and dearer).
     async fn admit_change(&self, connection_id: &str) -> Result<(), ChatError> {
-        let Some(limit) = &self.config.rate_limit else {
+        let limits = &self.config.limits;
+        if limits.connection.is_none() && limits.client.is_none() {
             return Ok(());
-        };
+        }
         match self
             .store
-            .admit_message(connection_id, Some(limit), now_us())
+            .admit_message(connection_id, limits, now_us())
             .await?
         {
             Admission::Limited => Err(rate_limited()),
@@ -365,16 +414,19 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // joiner one way or the other (rarely both: clients dedupe by id).
         let members = self.store.room_members(room.as_str()).await?;
         let others: Vec<&Member> = others(&members, connection_id).collect();
-        let history = self
+        // One more than a page tells whether older ones remain.
+        let mut history = self
             .store
-            .recent_messages(room.as_str(), HISTORY_LEN)
+            .recent_messages(room.as_str(), HISTORY_LEN + 1)
             .await?;
+        let more = history.len() > HISTORY_LEN;
+        if more {
+            history.remove(0);
+        }
         let member_names = std::iter::once(name.as_str())
             .chain(others.iter().map(|member| &*member.name))
             .map(str::to_owned)
             .collect();
-        // A full page may have older messages behind it.
-        let more = history.len() == HISTORY_LEN;
         let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history, more);
         self.push_one(connection_id, frame).await;
         if !rejoin {
@@ -396,7 +448,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     async fn history(&self, connection_id: &str, before: Option<String>) -> Result<(), ChatError> {
         let connection = match self
             .store
-            .admit_message(connection_id, self.config.rate_limit.as_ref(), now_us())
+            .admit_message(connection_id, &self.config.limits, now_us())
             .await?
         {
             Admission::Admitted(connection) => connection,
@@ -428,7 +480,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let now_us = now_us();
         let connection = match self
             .store
-            .admit_message(connection_id, self.config.rate_limit.as_ref(), now_us)
+            .admit_message(connection_id, &self.config.limits, now_us)
             .await?
         {
             Admission::Admitted(connection) => connection,
@@ -681,16 +733,6 @@ fn response(status_code: i64, body: &str) -> ApiGatewayProxyResponse {
     response.status_code = status_code;
     response.body = Some(Body::Text(body.to_owned()));
     response
-}
-
-pub fn now_ms() -> u64 {
-    now_us() / 1000
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as u64)
 }
 
 #[cfg(test)]

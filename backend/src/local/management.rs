@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -41,6 +42,56 @@ pub fn router<I: Integration>(gateway: Arc<Gateway<I>>) -> Router {
                 .delete(delete_staged_connection),
         )
         .with_state(gateway)
+        .layer(axum::middleware::from_fn(only_local_callers))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(None),
+            super::web_app::security_headers,
+        ))
+}
+
+/// Requests from a browser page (an `Origin`) or addressed by a name
+/// (DNS rebinding turns a page's own host name into this address) are
+/// refused: the callers of this API are programs on this machine, which
+/// address it by IP or `localhost`.
+async fn only_local_callers(request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "ForbiddenException",
+            "the management API does not serve web pages",
+        );
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    if !host.is_some_and(is_local_host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "ForbiddenException",
+            "address the management API by IP address or localhost",
+        );
+    }
+    next.run(request).await
+}
+
+/// `127.0.0.1:8090`, `[::1]:8090`, `localhost`: an IP literal or
+/// `localhost`, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.parse::<u16>().is_ok() {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// `POST /@connections/{id}`: the body becomes one text frame.
@@ -151,4 +202,31 @@ fn error(status: StatusCode, kind: &'static str, message: &str) -> Response {
 
 fn iso8601(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_host;
+
+    #[test]
+    fn only_ip_literals_and_localhost_address_the_management_api() {
+        for host in [
+            "127.0.0.1:8090",
+            "127.0.0.1",
+            "[::1]:8090",
+            "localhost:8090",
+            "LOCALHOST",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8090",
+            "evil.example",
+            "[::1",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
 }

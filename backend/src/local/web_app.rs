@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, VARY};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, VARY,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower_http::services::ServeDir;
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
@@ -22,12 +25,54 @@ const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 /// URL fragment, so no path needs `index.html` in its place, and a missing
 /// `config.json` must not arrive as HTML.
 pub fn router(dist: &Path) -> Router {
+    let dist = Arc::new(dist.to_owned());
     Router::new()
-        .fallback_service(ServeDir::new(dist).precompressed_br().precompressed_gzip())
-        .layer(middleware::from_fn_with_state(
-            Arc::new(dist.to_owned()),
-            headers,
-        ))
+        .fallback_service(
+            ServeDir::new(&*dist)
+                .precompressed_br()
+                .precompressed_gzip()
+                // What one slow reader can make the server hold at once.
+                .with_buf_chunk_size(8 * 1024),
+        )
+        .layer(middleware::from_fn_with_state(Arc::clone(&dist), caching))
+        .layer(middleware::from_fn_with_state(dist, only_files))
+}
+
+/// The security headers every response gets, decided by what the response
+/// is, whatever path or route produced it: `nosniff` and no referrer on
+/// all; on every page (`text/html`, and any 304, whose headers replace a
+/// cached page's) the Content-Security-Policy and the refusal to be framed.
+/// The state is the `dist` whose `config.json` names the WebSocket server
+/// the policy allows (`None` for a listener that serves no pages).
+pub async fn security_headers(
+    State(dist): State<Arc<Option<PathBuf>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let is_page = response.status() == StatusCode::NOT_MODIFIED
+        || response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                value
+                    .split(';')
+                    .next()
+                    .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/html"))
+            });
+    let headers = response.headers_mut();
+    if is_page {
+        let origin = dist.as_deref().and_then(websocket_origin);
+        let policy = content_security_policy(origin.as_deref());
+        let policy =
+            HeaderValue::from_str(&policy).expect("the policy is built from checked parts");
+        headers.insert(CONTENT_SECURITY_POLICY, policy);
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }
 
 /// The policy of the app's page. Scripts come only from this origin
@@ -97,19 +142,10 @@ fn is_hashed(path: &str) -> bool {
     })
 }
 
-async fn headers(State(dist): State<Arc<PathBuf>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let hashed = is_hashed(path);
-    let page = path == "/" || path.ends_with(".html");
+/// Hashed files are cached for a year; everything else is revalidated.
+async fn caching(request: Request, next: Next) -> Response {
+    let hashed = is_hashed(request.uri().path());
     let mut response = next.run(request).await;
-    if page {
-        let policy = content_security_policy(websocket_origin(&dist).as_deref());
-        let policy =
-            HeaderValue::from_str(&policy).expect("the policy is built from checked parts");
-        response
-            .headers_mut()
-            .insert(CONTENT_SECURITY_POLICY, policy);
-    }
     // A 304's headers replace the cached ones, so it says the same.
     let found = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
     let cache = if hashed && found {
@@ -120,20 +156,106 @@ async fn headers(State(dist): State<Arc<PathBuf>>, request: Request, next: Next)
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, cache);
     headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
-    headers.insert(
-        HeaderName::from_static("x-content-type-options"),
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        HeaderName::from_static("referrer-policy"),
-        HeaderValue::from_static("no-referrer"),
-    );
     response
+}
+
+/// Only files of `dist` are served: a path with an empty, `.` or `..`
+/// segment (written plainly or percent-encoded), a trailing slash after a
+/// name, or one that leads out of `dist` through a symlink is 404, before
+/// the file server could read it some other way.
+async fn only_files(State(dist): State<Arc<PathBuf>>, request: Request, next: Next) -> Response {
+    if !is_file_path(&dist, request.uri().path()) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    next.run(request).await
+}
+
+fn is_file_path(dist: &Path, path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let Some(relative) = path.strip_prefix('/') else {
+        return false;
+    };
+    let Ok(decoded) = percent_decode(relative) else {
+        return false;
+    };
+    let segments_ok = decoded
+        .split('/')
+        .all(|segment| !matches!(segment, "" | "." | "..") && !segment.contains('\\'));
+    if !segments_ok {
+        return false;
+    }
+    // The file and the precompressed copies the server may send instead:
+    // each, if it exists, must resolve to a place inside `dist`.
+    let Ok(root) = dist.canonicalize() else {
+        return false;
+    };
+    let file = dist.join(&decoded);
+    ["", ".br", ".gz"].iter().all(|suffix| {
+        let mut candidate = file.clone().into_os_string();
+        candidate.push(suffix);
+        match Path::new(&candidate).canonicalize() {
+            Ok(real) => real.starts_with(&root),
+            Err(_) => true,
+        }
+    })
+}
+
+/// `%XX` escapes decoded; an escape that is not one, or bytes that are not
+/// UTF-8, make the path unservable.
+fn percent_decode(path: &str) -> Result<String, ()> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(())?;
+            let hex = std::str::from_utf8(hex).map_err(|_| ())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_paths_to_files_inside_dist_are_served() {
+        let dist = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(dist.path().join("index.html"), "<p>").unwrap();
+        std::fs::write(outside.path().join("secret"), "key").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dist.path().join("leak"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            dist.path().join("index.html.gz"),
+        )
+        .unwrap();
+        let ok = |path| is_file_path(dist.path(), path);
+        assert!(ok("/"));
+        assert!(ok("/missing.js"), "a 404 from the file server");
+        assert!(!ok("/index.html"), "its gzip copy leads outside");
+        std::fs::remove_file(dist.path().join("index.html.gz")).unwrap();
+        assert!(ok("/index.html"));
+        assert!(ok("/index%2ehtml"), "the same file, and a page by its type");
+        assert!(!ok("/index.html/"));
+        assert!(!ok("//index.html"));
+        assert!(!ok("/./index.html"));
+        assert!(!ok("/%2e/index.html"));
+        assert!(!ok("/a/%2E%2E/index.html"));
+        assert!(!ok("/..%2findex.html"));
+        assert!(!ok("/leak"));
+        assert!(!ok("/%zz"));
+        assert!(!ok("/%ff"));
+    }
 
     #[test]
     fn hashed_names_are_trunks() {

@@ -59,8 +59,9 @@ pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest message passed on; a larger one (up to `max_read`) is read,
-    /// dropped and reported as [`Incoming::TooLarge`].
+    /// Largest message passed on; a larger one (up to `max_read`) is read
+    /// and dropped as it arrives (never held), and reported as
+    /// [`Incoming::TooLarge`].
     pub max_message: usize,
     /// Largest message read at all; a larger one is a [`Violation::TooBig`].
     pub max_read: usize,
@@ -85,6 +86,8 @@ pub enum Violation {
     Protocol(&'static str),
     InvalidUtf8,
     TooBig,
+    /// The server holds as much unfinished input as it allows in all.
+    Overloaded,
 }
 
 impl Violation {
@@ -94,6 +97,7 @@ impl Violation {
             Self::Protocol(_) => close_code::PROTOCOL_ERROR,
             Self::InvalidUtf8 => close_code::INVALID_PAYLOAD,
             Self::TooBig => close_code::TOO_BIG,
+            Self::Overloaded => close_code::TRY_AGAIN_LATER,
         }
     }
 }
@@ -104,11 +108,16 @@ impl std::fmt::Display for Violation {
             Self::Protocol(what) => f.write_str(what),
             Self::InvalidUtf8 => f.write_str("text is not valid UTF-8"),
             Self::TooBig => f.write_str("message too big"),
+            Self::Overloaded => f.write_str("the server is busy; try again later"),
         }
     }
 }
 
 /// Reassembles client frames into messages across reads.
+///
+/// It holds at most one message's worth ([`Limits::max_message`]) plus a
+/// frame header: the payload of a message over the limit is dropped as it
+/// arrives.
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
@@ -117,6 +126,17 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// A fragmented message so far: its opcode and payload.
     fragments: Option<(u8, Vec<u8>)>,
+    /// A message over [`Limits::max_message`] being dropped: its length so
+    /// far, and the payload bytes of its current frame still to come.
+    dropping: Option<Dropping>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dropping {
+    so_far: u64,
+    frame_left: u64,
+    /// The current frame ends the message.
+    fin: bool,
 }
 
 struct Header {
@@ -133,7 +153,22 @@ impl Decoder {
             limits,
             partial: Vec::new(),
             fragments: None,
+            dropping: None,
         }
+    }
+
+    /// Whether part of a frame or a message has arrived and the rest has not.
+    pub fn unfinished(&self) -> bool {
+        !self.partial.is_empty() || self.fragments.is_some() || self.dropping.is_some()
+    }
+
+    /// Bytes held for what has not fully arrived.
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity()
+            + self
+                .fragments
+                .as_ref()
+                .map_or(0, |(_, bytes)| bytes.capacity())
     }
 
     /// Decodes every frame completed by `input`, appending messages and
@@ -161,7 +196,30 @@ impl Decoder {
         out: &mut Vec<Incoming>,
     ) -> Result<usize, Violation> {
         let start = input.len();
-        while let Some(header) = self.header(input)? {
+        loop {
+            if let Some(dropping) = &mut self.dropping {
+                let dropped = input
+                    .len()
+                    .min(usize::try_from(dropping.frame_left).unwrap_or(usize::MAX));
+                input = &input[dropped..];
+                dropping.frame_left -= dropped as u64;
+                if dropping.frame_left > 0 {
+                    break;
+                }
+                if dropping.fin {
+                    self.dropping = None;
+                    out.push(Incoming::TooLarge);
+                    continue;
+                }
+                // Between the frames of a dropped message: a header next.
+            }
+            let Some(header) = self.header(input)? else {
+                break;
+            };
+            if self.starts_dropping(&header) {
+                input = &input[header.header_len..];
+                continue;
+            }
             let end = header.header_len + header.payload_len;
             if input.len() < end {
                 break;
@@ -170,6 +228,46 @@ impl Decoder {
             input = &input[end..];
         }
         Ok(start - input.len())
+    }
+
+    /// Whether the data frame `header` begins (or continues) a message over
+    /// the limit; if so its payload is to be dropped as it comes.
+    fn starts_dropping(&mut self, header: &Header) -> bool {
+        let frame_len = header.payload_len as u64;
+        match header.opcode {
+            opcode::CONTINUATION => {
+                if let Some(dropping) = &mut self.dropping {
+                    dropping.so_far += frame_len;
+                    dropping.frame_left = frame_len;
+                    dropping.fin = header.fin;
+                    return true;
+                }
+                let so_far = self.fragments.as_ref().map_or(0, |(_, bytes)| bytes.len());
+                if so_far as u64 + frame_len > self.limits.max_message as u64 {
+                    self.fragments = None;
+                    self.dropping = Some(Dropping {
+                        so_far: so_far as u64 + frame_len,
+                        frame_left: frame_len,
+                        fin: header.fin,
+                    });
+                    return true;
+                }
+                false
+            }
+            opcode::TEXT | opcode::BINARY
+                if self.fragments.is_none()
+                    && self.dropping.is_none()
+                    && frame_len > self.limits.max_message as u64 =>
+            {
+                self.dropping = Some(Dropping {
+                    so_far: frame_len,
+                    frame_left: frame_len,
+                    fin: header.fin,
+                });
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The header at the start of `input`, once it has fully arrived.
@@ -192,6 +290,10 @@ impl Decoder {
                 None => return Ok(None),
             },
             127 => match input.get(2..10) {
+                // RFC 6455 5.2: the most significant bit must be 0.
+                Some(bytes) if bytes[0] & 0x80 != 0 => {
+                    return Err(Violation::Protocol("a 64-bit length with its top bit set"));
+                }
                 Some(bytes) => (8, u64::from_be_bytes(bytes.try_into().expect("8 bytes"))),
                 None => return Ok(None),
             },
@@ -207,8 +309,19 @@ impl Decoder {
                 }
             }
             opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
-                let so_far = self.fragments.as_ref().map_or(0, |(_, bytes)| bytes.len());
-                if payload_len.saturating_add(so_far as u64) > self.limits.max_read as u64 {
+                let so_far = match (&self.fragments, &self.dropping) {
+                    (Some((_, bytes)), _) => bytes.len() as u64,
+                    (None, Some(dropping)) => dropping.so_far,
+                    (None, None) => 0,
+                };
+                if opcode != opcode::CONTINUATION
+                    && (self.fragments.is_some() || self.dropping.is_some())
+                {
+                    return Err(Violation::Protocol(
+                        "a new message began before the last one ended",
+                    ));
+                }
+                if payload_len.saturating_add(so_far) > self.limits.max_read as u64 {
                     return Err(Violation::TooBig);
                 }
             }
@@ -449,8 +562,56 @@ mod tests {
     #[test]
     fn a_huge_length_is_refused_before_its_payload_arrives() {
         let mut header = vec![0x82, 0xFF];
-        header.extend_from_slice(&u64::MAX.to_be_bytes());
+        header.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
         assert_eq!(decode_all(&header).1, Err(Violation::TooBig));
+        // The top bit of a 64-bit length must be 0 (RFC 6455 5.2).
+        let mut header = vec![0x82, 0xFF];
+        header.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(
+            decode_all(&header).1.map_err(Violation::close_code),
+            Err(1002)
+        );
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_dropped_as_it_arrives_never_held() {
+        // 200 bytes in one frame, then 40 + 40 in fragments: both over 64.
+        let mut stream = client_frame(true, opcode::TEXT, &[b'a'; 200]);
+        stream.extend(client_frame(false, opcode::TEXT, &[b'b'; 40]));
+        stream.extend(client_frame(true, opcode::PING, b""));
+        stream.extend(client_frame(true, opcode::CONTINUATION, &[b'c'; 40]));
+        stream.extend(client_frame(true, opcode::TEXT, b"ok"));
+        let expected = vec![
+            Incoming::TooLarge,
+            Incoming::Ping(vec![]),
+            Incoming::TooLarge,
+            Incoming::Text("ok".into()),
+        ];
+        for chunk in [1, 3, 7, 64, stream.len()] {
+            let mut decoder = Decoder::new(LIMITS);
+            let mut out = Vec::new();
+            let mut most_held = 0;
+            for piece in stream.chunks(chunk) {
+                decoder.decode(piece, &mut out).unwrap();
+                most_held = most_held.max(decoder.held_bytes());
+            }
+            assert_eq!(out, expected, "chunks of {chunk}");
+            assert!(!decoder.unfinished());
+            assert!(
+                most_held <= LIMITS.max_message + 14 + 64,
+                "held {most_held} bytes in chunks of {chunk}"
+            );
+        }
+        // Part of a dropped message is unfinished, like any other.
+        let mut decoder = Decoder::new(LIMITS);
+        decoder
+            .decode(
+                &client_frame(true, opcode::TEXT, &[0; 200])[..100],
+                &mut Vec::new(),
+            )
+            .unwrap();
+        assert!(decoder.unfinished());
+        assert_eq!(decoder.held_bytes(), 0);
     }
 
     #[test]

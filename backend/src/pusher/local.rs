@@ -18,6 +18,10 @@ use dashmap::DashMap;
 use futures::task::AtomicWaker;
 
 use super::{Frame, PushError, Pusher};
+use crate::quiet_warning::QuietWarning;
+
+static SLOW_READERS: std::sync::LazyLock<Mutex<QuietWarning>> =
+    std::sync::LazyLock::new(|| Mutex::new(QuietWarning::new(std::time::Duration::from_secs(10))));
 
 /// Frames queued for one socket before it counts as too slow to keep.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -32,6 +36,7 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// What the management API's GET reports, and what the socket task updates.
@@ -41,6 +46,8 @@ pub struct ConnectionInfo {
     pub source_ip: String,
     pub user_agent: String,
     last_active_ms: AtomicU64,
+    /// Since when part of a message has been waiting for the rest (0: none).
+    unfinished_since_ms: AtomicU64,
 }
 
 impl ConnectionInfo {
@@ -50,6 +57,27 @@ impl ConnectionInfo {
             source_ip,
             user_agent,
             last_active_ms: AtomicU64::new(connected_at_ms),
+            unfinished_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records whether part of a message is waiting for the rest.
+    pub fn set_unfinished(&self, unfinished: bool, now_ms: u64) {
+        let since = self.unfinished_since_ms.load(Ordering::Relaxed);
+        match (unfinished, since) {
+            (true, 0) => self
+                .unfinished_since_ms
+                .store(now_ms.max(1), Ordering::Relaxed),
+            (false, since) if since != 0 => self.unfinished_since_ms.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Since when part of a message has been waiting, if it has.
+    pub fn unfinished_since_ms(&self) -> Option<u64> {
+        match self.unfinished_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(since),
         }
     }
 
@@ -276,10 +304,22 @@ impl LocalPusher {
             }
         };
         if let Refused::Full = refused {
-            tracing::warn!(
+            tracing::debug!(
                 connection_id,
                 "outbound queue full; disconnecting slow reader"
             );
+            // When thousands of clients vanish at once (a network drops),
+            // their queues fill together: one line says so.
+            SLOW_READERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .warn(|more| {
+                    tracing::warn!(
+                        connection_id,
+                        more_since_last_report = more,
+                        "outbound queue full; disconnecting slow readers"
+                    );
+                });
             self.close(connection_id, close_code::POLICY, "too slow to read");
         }
         Err(PushError::Gone)

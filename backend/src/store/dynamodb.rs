@@ -1,10 +1,15 @@
 //! The DynamoDB adapter: two tables, no Scan, every Query paged to the end.
 //!
 //! - connections: hash key `connectionId`; `room`, `name`, `connectedAt`
-//!   (ms), `expiresAt` (TTL, s), `rateFullAt` (the rate limit's state, µs).
-//!   The GSI `room-index` (hash key `room`)
-//!   projects only `name`, which is all fan-out and the member list need; it
-//!   is sparse, so connections outside any room cost it nothing.
+//!   (ms), `expiresAt` (TTL, s), `rateFullAt` (the rate limit's state, µs),
+//!   `client` (the address the per-client limits count). The GSI
+//!   `room-index` (hash key `room`) projects `name` and `expiresAt`, which is
+//!   all fan-out and the member list need; it is sparse, so connections
+//!   outside any room cost it nothing.
+//!   The same table keeps one item per client address, keyed
+//!   `client#{address}` (never a connection id, which API Gateway makes of
+//!   letters and digits): `handshakeFullAt` and `inheritFullAt` (µs), and
+//!   an `expiresAt` that lets DynamoDB forget it.
 //! - messages: hash key `room`, sort key `id` (time-ordered and unique);
 //!   `name`, `data`, `ts` (ms), `expiresAt` (TTL, s).
 
@@ -18,14 +23,20 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, PutRequest, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-    WriteRequest,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus, WriteRequest,
 };
 use shared::{ChatMessage, Name, Room};
 
-use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError};
+use super::{
+    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection, RateLimit,
+    Store, StoreError,
+};
 
 pub const ROOM_INDEX: &str = "room-index";
+/// chat-local's own index of its connection records, by gateway instance.
+pub const GATEWAY_INDEX: &str = "gateway-index";
+const GATEWAY_ATTRIBUTE: &str = "gateway";
 const TTL_ATTRIBUTE: &str = "expiresAt";
 /// DynamoDB deletes expired items within days, not at once; until then
 /// queries still return them, so each query leaves them out itself (an item
@@ -35,6 +46,18 @@ const TTL_ATTRIBUTE: &str = "expiresAt";
 const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
+/// A client address's handshake limit's state (µs).
+const HANDSHAKE_ATTRIBUTE: &str = "handshakeFullAt";
+/// Where a client address's next connection's rate limit starts (µs).
+const INHERIT_ATTRIBUTE: &str = "inheritFullAt";
+/// How long a client item outlives its last use; its states are all full
+/// again long before.
+const CLIENT_TTL: Duration = Duration::from_secs(3600);
+
+/// The key of a client address's item in the connections table.
+fn client_item_key(client: &str) -> String {
+    format!("client#{client}")
+}
 /// DynamoDB's limit of items per BatchWriteItem.
 pub const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of retrying unprocessed items before a batch counts as failed.
@@ -42,6 +65,15 @@ const BATCH_WRITE_ATTEMPTS: u32 = 8;
 const BATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Item = HashMap<String, AttributeValue>;
+
+/// What counting an action against a GCRA limit came to.
+enum Gcra {
+    /// Counted; the item after it.
+    Admitted(Item),
+    Limited,
+    /// No such item (a connection that has gone).
+    Missing,
+}
 
 /// Table names and retention; the defaults suit a deployment and chat-local.
 #[derive(Debug, Clone)]
@@ -55,6 +87,10 @@ pub struct StoreConfig {
     pub message_ttl: Duration,
     /// Items per Query page; `None` leaves it to DynamoDB (1 MB pages).
     pub page_size: Option<i32>,
+    /// The chat-local instance recording connections (`None` on AWS): its
+    /// records carry it, so that its next start can remove them without a
+    /// Scan ([`DynamoStore::remove_stale_connections`]).
+    pub gateway: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -65,6 +101,7 @@ impl Default for StoreConfig {
             connection_ttl: Duration::from_secs(3 * 3600),
             message_ttl: Duration::from_secs(30 * 24 * 3600),
             page_size: None,
+            gateway: None,
         }
     }
 }
@@ -101,56 +138,201 @@ impl DynamoStore {
         Self { client, config }
     }
 
-    /// Creates both tables (with their TTL) where they do not exist yet.
+    /// Makes both tables usable: created where missing (a table still being
+    /// deleted is waited out first), waited for while being created, and
+    /// their TTL turned on if it is off (a start that crashed between
+    /// creating a table and enabling its TTL is mended by the next).
     pub async fn ensure_tables(&self) -> Result<(), StoreError> {
-        if !self.table_exists(&self.config.connections_table).await? {
-            self.create_connections_table().await?;
-        }
+        let connections = self.config.connections_table.clone();
+        self.ensure_table(&connections, Self::create_connections_table)
+            .await?;
         self.ensure_messages_table().await
     }
 
-    /// Creates the messages table (with its TTL) if it does not exist yet.
+    /// [`Self::ensure_tables`] for the messages table alone.
     pub async fn ensure_messages_table(&self) -> Result<(), StoreError> {
-        if !self.table_exists(&self.config.messages_table).await? {
-            self.create_messages_table().await?;
-        }
-        Ok(())
+        let messages = self.config.messages_table.clone();
+        self.ensure_table(&messages, Self::create_messages_table)
+            .await
     }
 
-    /// Drops every connection record by recreating the table: records of a
-    /// previous chat-local run name sockets that no longer exist, and a table
-    /// swap forgets them without a Scan.
-    pub async fn reset_connections(&self) -> Result<(), StoreError> {
-        let table = &self.config.connections_table;
-        if self.table_exists(table).await? {
-            self.client
-                .delete_table()
-                .table_name(table)
+    async fn ensure_table<'a, F, Fut>(&'a self, table: &str, create: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(&'a Self) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        match self.table_status(table).await? {
+            None => {
+                return match create(self).await {
+                    // Another process created it meanwhile.
+                    Err(StoreError::Backend { message, .. })
+                        if message.starts_with("ResourceInUseException") =>
+                    {
+                        self.finish_table(table).await
+                    }
+                    created => created,
+                };
+            }
+            Some(TableStatus::Deleting) => {
+                tracing::info!(
+                    table,
+                    "the table is being deleted; waiting to create it again"
+                );
+                self.client
+                    .wait_until_table_not_exists()
+                    .table_name(table)
+                    .wait(Duration::from_secs(300))
+                    .await
+                    .map_err(waiter("DescribeTable"))?;
+                return create(self).await;
+            }
+            Some(TableStatus::Active) => {}
+            Some(other) => {
+                tracing::info!(table, status = %other.as_str(), "waiting for the table");
+                self.client
+                    .wait_until_table_exists()
+                    .table_name(table)
+                    .wait(Duration::from_secs(300))
+                    .await
+                    .map_err(waiter("DescribeTable"))?;
+            }
+        }
+        self.ensure_ttl(table).await
+    }
+
+    /// A table's status, `None` if there is no such table. Asked of
+    /// ListTables first: DescribeTable of a missing table is an error
+    /// response, which engines log as a warning at every first start.
+    async fn table_status(&self, table: &str) -> Result<Option<TableStatus>, StoreError> {
+        let mut start = None;
+        let mut listed = false;
+        loop {
+            let page = self
+                .client
+                .list_tables()
+                .set_exclusive_start_table_name(start)
                 .send()
                 .await
-                .map_err(backend("DeleteTable"))?;
-            self.client
-                .wait_until_table_not_exists()
-                .table_name(table)
-                .wait(Duration::from_secs(120))
-                .await
-                .map_err(waiter("DescribeTable"))?;
+                .map_err(backend("ListTables"))?;
+            if page.table_names().iter().any(|name| name == table) {
+                listed = true;
+                break;
+            }
+            start = page.last_evaluated_table_name;
+            if start.is_none() {
+                break;
+            }
         }
-        self.create_connections_table().await
-    }
-
-    async fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
+        if !listed {
+            return Ok(None);
+        }
         match self.client.describe_table().table_name(table).send().await {
-            Ok(_) => Ok(true),
+            Ok(output) => Ok(output.table.and_then(|t| t.table_status)),
             Err(error)
                 if error
                     .as_service_error()
                     .is_some_and(|e| e.is_resource_not_found_exception()) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(error) => Err(backend("DescribeTable")(error)),
         }
+    }
+
+    /// Turns the table's TTL on unless it is on (or being turned on).
+    async fn ensure_ttl(&self, table: &str) -> Result<(), StoreError> {
+        let described = self
+            .client
+            .describe_time_to_live()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(backend("DescribeTimeToLive"))?;
+        let status = described
+            .time_to_live_description
+            .and_then(|d| d.time_to_live_status);
+        if matches!(
+            status,
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) {
+            return Ok(());
+        }
+        tracing::info!(table, "turning on the table's TTL");
+        let ttl = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(TTL_ATTRIBUTE)
+            .build()
+            .map_err(build_error)?;
+        self.client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(backend("UpdateTimeToLive"))?;
+        Ok(())
+    }
+
+    /// Removes the connection records this gateway left behind (its last
+    /// run ended without their `$disconnect`s): they name sockets that no
+    /// longer exist. Only this gateway's, found through the sparse
+    /// `gateway-index`; another chat-local's, or anything else's sharing
+    /// the table, are left alone. A table without the index (made by
+    /// someone else) is left as it is: its stale records are forgotten as
+    /// soon as a push finds them gone. Returns how many were removed.
+    pub async fn remove_stale_connections(&self) -> Result<usize, StoreError> {
+        let Some(gateway) = &self.config.gateway else {
+            return Ok(0);
+        };
+        let table = &self.config.connections_table;
+        let described = self
+            .client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(backend("DescribeTable"))?;
+        let indexed = described.table.is_some_and(|t| {
+            t.global_secondary_indexes()
+                .iter()
+                .any(|index| index.index_name() == Some(GATEWAY_INDEX))
+        });
+        if !indexed {
+            tracing::info!(
+                table,
+                "the connections table has no {GATEWAY_INDEX}: records of a previous run are forgotten as pushes find them gone"
+            );
+            return Ok(0);
+        }
+        let mut stale = Vec::new();
+        let mut start_key = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(table)
+                .index_name(GATEWAY_INDEX)
+                .key_condition_expression("#gateway = :gateway")
+                .expression_attribute_names("#gateway", GATEWAY_ATTRIBUTE)
+                .expression_attribute_values(":gateway", s(gateway))
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(backend("Query"))?;
+            for item in page.items() {
+                stale.push(required_s(item, "connectionId", table)?.to_owned());
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        for connection_id in &stale {
+            // One by one, returning the old record: each goes through the
+            // same path as a disconnect (its client's rate limit handed on).
+            self.remove_connection(connection_id).await?;
+        }
+        Ok(stale.len())
     }
 
     async fn create_connections_table(&self) -> Result<(), StoreError> {
@@ -168,17 +350,32 @@ impl DynamoStore {
             )
             .build()
             .map_err(build_error)?;
-        self.client
+        let mut request = self
+            .client
             .create_table()
             .table_name(table)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attribute("connectionId"))
             .attribute_definitions(attribute("room"))
             .key_schema(key("connectionId", KeyType::Hash))
-            .global_secondary_indexes(room_index)
-            .send()
-            .await
-            .map_err(backend("CreateTable"))?;
+            .global_secondary_indexes(room_index);
+        if self.config.gateway.is_some() {
+            // chat-local's own table: its records can be found by gateway.
+            let gateway_index = GlobalSecondaryIndex::builder()
+                .index_name(GATEWAY_INDEX)
+                .key_schema(key(GATEWAY_ATTRIBUTE, KeyType::Hash))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .map_err(build_error)?;
+            request = request
+                .attribute_definitions(attribute(GATEWAY_ATTRIBUTE))
+                .global_secondary_indexes(gateway_index);
+        }
+        request.send().await.map_err(backend("CreateTable"))?;
         self.finish_table(table).await
     }
 
@@ -206,19 +403,7 @@ impl DynamoStore {
             .wait(Duration::from_secs(120))
             .await
             .map_err(waiter("DescribeTable"))?;
-        let ttl = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(TTL_ATTRIBUTE)
-            .build()
-            .map_err(build_error)?;
-        self.client
-            .update_time_to_live()
-            .table_name(table)
-            .time_to_live_specification(ttl)
-            .send()
-            .await
-            .map_err(backend("UpdateTimeToLive"))?;
-        Ok(())
+        self.ensure_ttl(table).await
     }
 
     /// An UpdateItem on a recorded connection that returns the old item, or
@@ -273,26 +458,30 @@ impl DynamoStore {
         }
     }
 
-    /// An UpdateItem on a connection record if `condition` holds: the record
-    /// after it, or the record as it stood when the condition failed (`None`
-    /// when there is none).
+    /// An UpdateItem on an item of the connections table if `condition`
+    /// holds: the item after it, or the item as it stood when the condition
+    /// failed (`None` when there is none). `#full` names `attribute`.
     async fn update_if(
         &self,
-        connection_id: &str,
+        key: &str,
+        attribute: &str,
         update: &str,
         condition: &str,
-        values: [(&str, AttributeValue); 2],
+        values: Vec<(&str, AttributeValue)>,
     ) -> Result<Result<Item, Option<Item>>, StoreError> {
         let mut request = self
             .client
             .update_item()
             .table_name(&self.config.connections_table)
-            .key("connectionId", s(connection_id))
+            .key("connectionId", s(key))
             .update_expression(update)
             .condition_expression(condition)
-            .expression_attribute_names("#full", RATE_ATTRIBUTE)
+            .expression_attribute_names("#full", attribute)
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if update.contains("#expires") {
+            request = request.expression_attribute_names("#expires", TTL_ATTRIBUTE);
+        }
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
         }
@@ -405,29 +594,186 @@ impl DynamoStore {
         })
     }
 
+    /// Counts one action against the GCRA `limit` kept in `attribute` of
+    /// the item `key`. Update expressions have no `max`, so the two cases of
+    /// the algorithm are two conditional updates, tried in the order that
+    /// makes the usual case one round trip: someone typing sends slower than
+    /// the rate, so their bucket is full again by their next message. Only
+    /// an action within a burst needs the second update; one over the limit
+    /// is refused from what the first one's failure returns.
+    ///
+    /// With `expires`, the item is made if missing (a client's) and its TTL
+    /// moved on; without, a missing item is [`Gcra::Missing`].
+    async fn admit_gcra(
+        &self,
+        key: &str,
+        attribute: &str,
+        limit: &RateLimit,
+        now_us: u64,
+        expires: Option<AttributeValue>,
+    ) -> Result<Gcra, StoreError> {
+        let (exists, set_expiry) = match expires {
+            Some(_) => ("", ", #expires = :expires"),
+            None => ("attribute_exists(connectionId) AND ", ""),
+        };
+        let with_expiry = |mut values: Vec<(&'static str, AttributeValue)>| {
+            if let Some(expires) = &expires {
+                values.push((":expires", expires.clone()));
+            }
+            values
+        };
+        let refill = self
+            .update_if(
+                key,
+                attribute,
+                &format!("SET #full = :next{set_expiry}"),
+                &format!("{exists}(attribute_not_exists(#full) OR #full <= :now)"),
+                with_expiry(vec![
+                    (":next", n(now_us.saturating_add(limit.interval_us()))),
+                    (":now", n(now_us)),
+                ]),
+            )
+            .await?;
+        let full_again_us = match refill {
+            Ok(item) => return Ok(Gcra::Admitted(item)),
+            Err(None) => return Ok(Gcra::Missing),
+            Err(Some(item)) => required_n(&item, attribute, &self.config.connections_table)?,
+        };
+        if limit.admit(full_again_us, now_us).is_none() {
+            return Ok(Gcra::Limited);
+        }
+        let within_burst = self
+            .update_if(
+                key,
+                attribute,
+                &format!("SET #full = #full + :interval{set_expiry}"),
+                &format!("{exists}#full <= :latest"),
+                with_expiry(vec![
+                    (":interval", n(limit.interval_us())),
+                    (":latest", n(now_us.saturating_add(limit.tolerance_us()))),
+                ]),
+            )
+            .await?;
+        Ok(match within_burst {
+            Ok(item) => Gcra::Admitted(item),
+            Err(None) => Gcra::Missing,
+            // Another action of the same key got there first.
+            Err(Some(_)) => Gcra::Limited,
+        })
+    }
+
+    /// Hands what a removed connection left of its rate limit to its client
+    /// address, so its next connection starts there. Written only when
+    /// there is something to hand on (the bucket is not full again yet);
+    /// a failure costs only that.
+    async fn bequeath(&self, removed: &Item) {
+        let (Some(client), Some(full_again_us)) = (
+            optional_s(removed, "client"),
+            optional_n(removed, RATE_ATTRIBUTE),
+        ) else {
+            return;
+        };
+        let now_us = crate::clock::now_us();
+        if full_again_us <= now_us {
+            return;
+        }
+        let written = self
+            .client
+            .update_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(&client_item_key(client)))
+            .update_expression("SET #inherit = :full, #expires = :expires")
+            .condition_expression("attribute_not_exists(#inherit) OR #inherit < :full")
+            .expression_attribute_names("#inherit", INHERIT_ATTRIBUTE)
+            .expression_attribute_names("#expires", TTL_ATTRIBUTE)
+            .expression_attribute_values(":full", n(full_again_us))
+            .expression_attribute_values(":expires", self.expiry(now_us / 1000, CLIENT_TTL))
+            .send()
+            .await;
+        match written {
+            Ok(_) => {}
+            Err(error)
+                if error.as_service_error().and_then(|e| e.code())
+                    == Some("ConditionalCheckFailedException") => {}
+            Err(error) => {
+                tracing::warn!(client, error = %backend("UpdateItem")(error), "could not hand on a rate limit");
+            }
+        }
+    }
+
     fn expiry(&self, now_ms: u64, ttl: Duration) -> AttributeValue {
         n(now_ms / 1000 + ttl.as_secs())
     }
 }
 
 impl Store for DynamoStore {
-    async fn add_connection(
+    /// One UpdateItem on the client's item (two within a burst, as for
+    /// messages), which also returns where its last connection left off.
+    async fn admit_client(
         &self,
-        connection_id: &str,
-        connected_at: u64,
-        membership: Option<(&Room, &Name)>,
-    ) -> Result<(), StoreError> {
+        client: &str,
+        limits: &Limits,
+        joining: bool,
+        now_us: u64,
+    ) -> Result<ClientAdmission, StoreError> {
+        let key = client_item_key(client);
+        let expires = self.expiry(now_us / 1000, CLIENT_TTL);
+        let item = match &limits.handshakes {
+            Some(limit) => {
+                match self
+                    .admit_gcra(&key, HANDSHAKE_ATTRIBUTE, limit, now_us, Some(expires))
+                    .await?
+                {
+                    Gcra::Admitted(item) => item,
+                    Gcra::Limited => return Ok(ClientAdmission::Limited),
+                    Gcra::Missing => unreachable!("client items are made as needed"),
+                }
+            }
+            None => self
+                .client
+                .get_item()
+                .table_name(&self.config.connections_table)
+                .key("connectionId", s(&key))
+                .send()
+                .await
+                .map_err(backend("GetItem"))?
+                .item
+                .unwrap_or_default(),
+        };
+        let inherited = optional_n(&item, INHERIT_ATTRIBUTE).unwrap_or(0);
+        let start = match (&limits.connection, joining) {
+            (Some(limit), true) => match limit.admit(inherited, now_us) {
+                Some(next) => next,
+                None => return Ok(ClientAdmission::Limited),
+            },
+            _ => inherited,
+        };
+        Ok(ClientAdmission::Admitted {
+            full_again_us: start,
+        })
+    }
+
+    async fn add_connection(&self, connection: &NewConnection<'_>) -> Result<(), StoreError> {
         let mut request = self
             .client
             .put_item()
             .table_name(&self.config.connections_table)
-            .item("connectionId", s(connection_id))
-            .item("connectedAt", n(connected_at))
+            .item("connectionId", s(connection.connection_id))
+            .item("connectedAt", n(connection.connected_at))
             .item(
                 TTL_ATTRIBUTE,
-                self.expiry(connected_at, self.config.connection_ttl),
+                self.expiry(connection.connected_at, self.config.connection_ttl),
             );
-        if let Some((room, name)) = membership {
+        if connection.full_again_us > 0 {
+            request = request.item(RATE_ATTRIBUTE, n(connection.full_again_us));
+        }
+        if let Some(client) = connection.client {
+            request = request.item("client", s(client));
+        }
+        if let Some(gateway) = &self.config.gateway {
+            request = request.item(GATEWAY_ATTRIBUTE, s(gateway));
+        }
+        if let Some((room, name)) = connection.membership {
             request = request
                 .item("room", s(room.as_str()))
                 .item("name", s(name.as_str()));
@@ -452,61 +798,40 @@ impl Store for DynamoStore {
             .transpose()
     }
 
-    /// The limit's state is one number in the connection record (see
-    /// [`RateLimit`]). Update expressions have no `max`, so the two cases of
-    /// the algorithm are two conditional updates, tried in the order that
-    /// makes the usual case one round trip: someone typing sends slower than
-    /// the rate, so their bucket is full again by their next message. Only
-    /// a message within a burst needs the second update; one over the limit
-    /// is refused from what the first one's failure returns.
+    /// The connection's limit only: the per-client cap would cost a second
+    /// write per message here (in memory it is free), so on DynamoDB a
+    /// client address is held by its handshake limit and by each new
+    /// connection inheriting what its last one left.
     async fn admit_message(
         &self,
         connection_id: &str,
-        limit: Option<&RateLimit>,
+        limits: &Limits,
         now_us: u64,
     ) -> Result<Admission, StoreError> {
-        let Some(limit) = limit else {
+        let Some(limit) = &limits.connection else {
             return Ok(self
                 .connection(connection_id)
                 .await?
                 .map_or(Admission::Unknown, Admission::Admitted));
         };
-        let admitted = |item: Item| self.connection_from_item(&item).map(Admission::Admitted);
-        let refill = self
-            .update_if(
-                connection_id,
-                "SET #full = :next",
-                "attribute_exists(connectionId) AND (attribute_not_exists(#full) OR #full <= :now)",
-                [
-                    (":next", n(now_us.saturating_add(limit.interval_us()))),
-                    (":now", n(now_us)),
-                ],
-            )
-            .await?;
-        let full_again_us = match refill {
-            Ok(item) => return admitted(item),
-            Err(None) => return Ok(Admission::Unknown),
-            Err(Some(item)) => required_n(&item, RATE_ATTRIBUTE, &self.config.connections_table)?,
-        };
-        if limit.admit(full_again_us, now_us).is_none() {
-            return Ok(Admission::Limited);
-        }
-        let within_burst = self
-            .update_if(
-                connection_id,
-                "SET #full = #full + :interval",
-                "attribute_exists(connectionId) AND #full <= :latest",
-                [
-                    (":interval", n(limit.interval_us())),
-                    (":latest", n(now_us.saturating_add(limit.tolerance_us()))),
-                ],
-            )
-            .await?;
-        match within_burst {
-            Ok(item) => admitted(item),
-            Err(None) => Ok(Admission::Unknown),
-            // Another message of this connection got there first.
-            Err(Some(_)) => Ok(Admission::Limited),
+        match self
+            .admit_gcra(connection_id, RATE_ATTRIBUTE, limit, now_us, None)
+            .await?
+        {
+            Gcra::Admitted(item) => {
+                // That spent the bucket: hand it on now, not only when the
+                // connection ends, or a client could reconnect to a full one
+                // before its `$disconnect` runs. Someone typing never gets
+                // here; only a client at its limit pays this write.
+                if optional_n(&item, RATE_ATTRIBUTE)
+                    .is_some_and(|full_again_us| limit.admit(full_again_us, now_us).is_none())
+                {
+                    self.bequeath(&item).await;
+                }
+                self.connection_from_item(&item).map(Admission::Admitted)
+            }
+            Gcra::Limited => Ok(Admission::Limited),
+            Gcra::Missing => Ok(Admission::Unknown),
         }
     }
 
@@ -542,10 +867,11 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(backend("DeleteItem"))?;
-        output
-            .attributes
-            .map(|item| self.connection_from_item(&item))
-            .transpose()
+        let Some(item) = output.attributes else {
+            return Ok(None);
+        };
+        self.bequeath(&item).await;
+        self.connection_from_item(&item).map(Some)
     }
 
     async fn forget_gone(
@@ -564,6 +890,9 @@ impl Store for DynamoStore {
             .send()
             .await
             .map(|output| output.attributes);
+        if let Ok(Some(item)) = &deleted {
+            self.bequeath(item).await;
+        }
         self.previous_connection(deleted, "DeleteItem")
     }
 
@@ -645,7 +974,10 @@ impl DynamoStore {
         let mut messages = Vec::with_capacity(limit);
         let mut start_key = None;
         while messages.len() < limit {
-            let wanted = i32::try_from(limit - messages.len()).unwrap_or(i32::MAX);
+            // BETWEEN includes `before` itself: one more slot for it, so a
+            // page takes one Query, not a second for the one left out.
+            let wanted = i32::try_from(limit - messages.len() + usize::from(before.is_some()))
+                .unwrap_or(i32::MAX);
             let page_limit = self
                 .config
                 .page_size
@@ -655,7 +987,7 @@ impl DynamoStore {
             // DynamoDB has not deleted yet are not even read.
             let oldest = format!(
                 "{:013}",
-                crate::chat::now_ms().saturating_sub(self.config.message_ttl.as_millis() as u64)
+                crate::clock::now_ms().saturating_sub(self.config.message_ttl.as_millis() as u64)
             );
             // Nothing older than the retention is shown (and BETWEEN with
             // its bounds the wrong way round is an error).
@@ -709,7 +1041,7 @@ impl DynamoStore {
 }
 
 fn now_s() -> u64 {
-    crate::chat::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 fn s(value: &str) -> AttributeValue {
@@ -745,6 +1077,10 @@ fn required_s<'a>(item: &'a Item, attribute: &str, table: &str) -> Result<&'a st
         table: table.to_owned(),
         message: format!("missing string attribute {attribute}"),
     })
+}
+
+fn optional_n(item: &Item, attribute: &str) -> Option<u64> {
+    item.get(attribute)?.as_n().ok()?.parse().ok()
 }
 
 fn required_n(item: &Item, attribute: &str, table: &str) -> Result<u64, StoreError> {

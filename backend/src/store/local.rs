@@ -8,19 +8,23 @@
 //! group-committed batches, and each room's recent history is kept in memory
 //! once it has been read, for joins.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shared::limits::HISTORY_LEN;
 use shared::{ChatMessage, Name, Room};
 
 use super::dynamodb::DynamoStore;
 use super::group_commit::{GroupCommit, GroupWriter};
-use super::{Admission, Connection, Member, Members, RateLimit, Store, StoreError};
+use super::history_cache::{CACHED, HistoryCache, Lookup};
+use super::{
+    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection, RateLimit,
+    Store, StoreError,
+};
+use crate::clock::now_ms;
 
 pub struct LocalStore {
     membership: Mutex<Membership>,
-    history: Mutex<HashMap<Arc<str>, RoomHistory>>,
+    history: Mutex<HistoryCache>,
     messages: DynamoStore,
     writer: GroupCommit,
 }
@@ -30,6 +34,11 @@ struct Membership {
     connections: HashMap<Arc<str>, Record>,
     /// Copy-on-write member lists: a fan-out holds one without a lock.
     rooms: HashMap<Arc<str>, Members>,
+    /// The rate limits' state per client address. An entry whose buckets
+    /// are all full again says nothing and is dropped (see `prune_clients`).
+    clients: HashMap<Arc<str>, ClientRecord>,
+    /// How many clients there were after the last pruning.
+    clients_after_prune: usize,
 }
 
 struct Record {
@@ -38,6 +47,27 @@ struct Record {
     name: Option<Arc<str>>,
     /// The rate limit's state ([`RateLimit::admit`]).
     full_again_us: u64,
+    client: Option<Arc<str>>,
+}
+
+/// One client address's rate limits ([`RateLimit::admit`] states).
+#[derive(Default)]
+struct ClientRecord {
+    /// Its handshakes.
+    handshakes_full_again_us: u64,
+    /// Everything its connections do, together.
+    actions_full_again_us: u64,
+    /// Where a new connection's rate limit starts: the latest state of its
+    /// connections that ended, or spent their bucket.
+    inherited_full_again_us: u64,
+}
+
+impl ClientRecord {
+    fn settled(&self, now_us: u64) -> bool {
+        self.handshakes_full_again_us <= now_us
+            && self.actions_full_again_us <= now_us
+            && self.inherited_full_again_us <= now_us
+    }
 }
 
 impl Record {
@@ -49,14 +79,6 @@ impl Record {
             connected_at: self.connected_at,
         }
     }
-}
-
-enum RoomHistory {
-    /// Being read from DynamoDB; messages saved meanwhile wait here so the
-    /// read cannot miss them.
-    Loading { saved_meanwhile: Vec<ChatMessage> },
-    /// The latest messages, oldest first, at most [`HISTORY_LEN`].
-    Ready(VecDeque<ChatMessage>),
 }
 
 impl LocalStore {
@@ -76,7 +98,7 @@ impl LocalStore {
         self.membership.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn history(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHistory>> {
+    fn history(&self) -> MutexGuard<'_, HistoryCache> {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -105,15 +127,41 @@ impl LocalStore {
     /// bounded by the rooms in use, and a later join reads it again.
     fn forget_history_of(&self, emptied: Option<Arc<str>>) {
         if let Some(room) = emptied {
-            let mut history = self.history();
-            if let Some(RoomHistory::Ready(_)) = history.get(&room) {
-                history.remove(&room);
-            }
+            self.history().forget(&room);
         }
     }
 }
 
 impl Membership {
+    /// Drops clients whose limits are all full again, once the table has
+    /// doubled since the last time: memory stays proportional to the
+    /// clients active lately, at a constant cost per insertion.
+    fn prune_clients(&mut self, now_us: u64) {
+        if self.clients.len() < 2 * self.clients_after_prune.max(512) {
+            return;
+        }
+        self.clients.retain(|_, client| !client.settled(now_us));
+        self.clients_after_prune = self.clients.len();
+    }
+
+    fn client_mut(&mut self, client: &str, now_us: u64) -> &mut ClientRecord {
+        if !self.clients.contains_key(client) {
+            self.prune_clients(now_us);
+            self.clients.insert(client.into(), ClientRecord::default());
+        }
+        self.clients.get_mut(client).expect("inserted above")
+    }
+
+    /// Hands what a connection left of its rate limit to its client.
+    fn bequeath(&mut self, record: &Record) {
+        if let Some(client) = record.client.as_deref()
+            && let Some(client) = self.clients.get_mut(client)
+        {
+            client.inherited_full_again_us =
+                client.inherited_full_again_us.max(record.full_again_us);
+        }
+    }
+
     fn record(&self, connection_id: &str) -> Option<Connection> {
         let record = self.connections.get(connection_id)?;
         Some(record.connection(connection_id))
@@ -147,12 +195,48 @@ impl Membership {
 }
 
 impl Store for LocalStore {
-    async fn add_connection(
+    async fn admit_client(
         &self,
-        connection_id: &str,
-        connected_at: u64,
-        membership: Option<(&Room, &Name)>,
-    ) -> Result<(), StoreError> {
+        client: &str,
+        limits: &Limits,
+        joining: bool,
+        now_us: u64,
+    ) -> Result<ClientAdmission, StoreError> {
+        let mut state = self.membership();
+        let record = state.client_mut(client, now_us);
+        let handshakes = match &limits.handshakes {
+            Some(limit) => match limit.admit(record.handshakes_full_again_us, now_us) {
+                Some(next) => next,
+                None => return Ok(ClientAdmission::Limited),
+            },
+            None => record.handshakes_full_again_us,
+        };
+        let mut start = record.inherited_full_again_us;
+        let mut actions = record.actions_full_again_us;
+        if joining {
+            match (
+                admit(&limits.connection, start, now_us),
+                admit(&limits.client, actions, now_us),
+            ) {
+                (Some(connection), Some(client)) => (start, actions) = (connection, client),
+                _ => return Ok(ClientAdmission::Limited),
+            }
+        }
+        record.handshakes_full_again_us = handshakes;
+        record.actions_full_again_us = actions;
+        Ok(ClientAdmission::Admitted {
+            full_again_us: start,
+        })
+    }
+
+    async fn add_connection(&self, connection: &NewConnection<'_>) -> Result<(), StoreError> {
+        let NewConnection {
+            connection_id,
+            connected_at,
+            client,
+            full_again_us,
+            membership,
+        } = *connection;
         let id: Arc<str> = connection_id.into();
         let mut state = self.membership();
         let (room, name) = match membership {
@@ -176,7 +260,8 @@ impl Store for LocalStore {
                 connected_at,
                 room,
                 name,
-                full_again_us: 0,
+                full_again_us,
+                client: client.map(Arc::from),
             },
         );
         Ok(())
@@ -186,22 +271,46 @@ impl Store for LocalStore {
         Ok(self.membership().record(connection_id))
     }
 
+    /// Both the connection's limit and its client address's: in memory
+    /// the second costs nothing, so it is checked on every message.
     async fn admit_message(
         &self,
         connection_id: &str,
-        limit: Option<&RateLimit>,
+        limits: &Limits,
         now_us: u64,
     ) -> Result<Admission, StoreError> {
         let mut state = self.membership();
-        let Some(record) = state.connections.get_mut(connection_id) else {
+        let Membership {
+            connections,
+            clients,
+            ..
+        } = &mut *state;
+        let Some(record) = connections.get_mut(connection_id) else {
             return Ok(Admission::Unknown);
         };
-        if let Some(limit) = limit {
-            match limit.admit(record.full_again_us, now_us) {
-                Some(full_again_us) => record.full_again_us = full_again_us,
-                None => return Ok(Admission::Limited),
+        let Some(connection_next) = admit(&limits.connection, record.full_again_us, now_us) else {
+            return Ok(Admission::Limited);
+        };
+        let client = record
+            .client
+            .as_deref()
+            .and_then(|client| clients.get_mut(client));
+        if let Some(client) = client {
+            let Some(client_next) = admit(&limits.client, client.actions_full_again_us, now_us)
+            else {
+                return Ok(Admission::Limited);
+            };
+            client.actions_full_again_us = client_next;
+            // Spent: handed on at once, not only when the connection ends,
+            // or the client could reconnect to a full bucket meanwhile. A
+            // bucket that is not spent is not handed on while it is in use:
+            // people sharing an address (a NAT) do not drain each other.
+            if admit(&limits.connection, connection_next, now_us).is_none() {
+                client.inherited_full_again_us =
+                    client.inherited_full_again_us.max(connection_next);
             }
         }
+        record.full_again_us = connection_next;
         Ok(Admission::Admitted(record.connection(connection_id)))
     }
 
@@ -240,7 +349,9 @@ impl Store for LocalStore {
         connection_id: &str,
     ) -> Result<Option<Connection>, StoreError> {
         Ok(self.take_out(connection_id, |state| {
-            state.connections.remove(connection_id);
+            if let Some(record) = state.connections.remove(connection_id) {
+                state.bequeath(&record);
+            }
         }))
     }
 
@@ -273,11 +384,7 @@ impl Store for LocalStore {
         self.writer
             .save(self.messages.message_item(message))
             .await?;
-        match self.history().get_mut(message.room.as_str()) {
-            Some(RoomHistory::Ready(recent)) => insert_in_order(recent, message.clone()),
-            Some(RoomHistory::Loading { saved_meanwhile }) => saved_meanwhile.push(message.clone()),
-            None => {}
-        }
+        self.history().saved(message, now_ms());
         Ok(())
     }
 
@@ -297,80 +404,33 @@ impl Store for LocalStore {
         room: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        if limit > HISTORY_LEN {
+        let loading = match self.history().lookup(room, limit, now_ms()) {
+            Lookup::Hit(messages) => return Ok(messages),
+            Lookup::Miss { loading } => loading,
+        };
+        if !loading {
             return self.messages.recent_messages(room, limit).await;
         }
-        {
-            let mut history = self.history();
-            match history.get(room) {
-                Some(RoomHistory::Ready(recent)) => return Ok(latest(recent, limit)),
-                // Someone else is reading it; read too rather than wait.
-                Some(RoomHistory::Loading { .. }) => {}
-                None => {
-                    history.insert(
-                        room.into(),
-                        RoomHistory::Loading {
-                            saved_meanwhile: Vec::new(),
-                        },
-                    );
-                }
-            }
+        let read = self.messages.recent_messages(room, CACHED).await;
+        if read.is_err() {
+            // A later join reads again.
+            self.history().loaded(room, None, false, limit, now_ms());
         }
-        let read = self.messages.recent_messages(room, HISTORY_LEN).await;
-        let mut history = self.history();
-        let read = match read {
-            Ok(read) => read,
-            Err(error) => {
-                // A later join reads again; a cache someone else made stays.
-                if let Some(RoomHistory::Loading { .. }) = history.get(room) {
-                    history.remove(room);
-                }
-                return Err(error);
-            }
-        };
-        match history.remove(room) {
-            Some(RoomHistory::Loading { saved_meanwhile }) => {
-                let mut recent = VecDeque::from(read);
-                for message in saved_meanwhile {
-                    insert_in_order(&mut recent, message);
-                }
-                // The read reserved room for a full page: an empty or quiet
-                // room must not keep it (thousands of small rooms would).
-                recent.shrink_to_fit();
-                let messages = latest(&recent, limit);
-                // Cached only while someone is in the room (see forget_history_of).
-                if self.membership().rooms.contains_key(room) {
-                    history.insert(room.into(), RoomHistory::Ready(recent));
-                }
-                Ok(messages)
-            }
-            // Another reader cached it meanwhile: keep theirs.
-            Some(ready) => {
-                history.insert(room.into(), ready);
-                Ok(latest(&VecDeque::from(read), limit))
-            }
-            None => Ok(latest(&VecDeque::from(read), limit)),
-        }
+        // Cached only while someone is in the room (see forget_history_of).
+        let keep = self.membership().rooms.contains_key(room);
+        let read = read?;
+        let merged = self
+            .history()
+            .loaded(room, Some(&read), keep, limit, now_ms());
+        Ok(merged.unwrap_or_else(|| read[read.len().saturating_sub(limit)..].to_vec()))
     }
 }
 
-/// Adds a message to a room's recent history, keeping id order (concurrent
-/// batches may finish out of order) and at most [`HISTORY_LEN`] messages.
-fn insert_in_order(recent: &mut VecDeque<ChatMessage>, message: ChatMessage) {
-    if recent.iter().any(|m| m.id == message.id) {
-        return;
+/// The next state of a limit's bucket if an action at `now_us` is within
+/// it (the same state when there is no limit); `None` if it is over.
+fn admit(limit: &Option<RateLimit>, full_again_us: u64, now_us: u64) -> Option<u64> {
+    match limit {
+        Some(limit) => limit.admit(full_again_us, now_us),
+        None => Some(full_again_us),
     }
-    let at = recent.partition_point(|m| m.id < message.id);
-    recent.insert(at, message);
-    while recent.len() > HISTORY_LEN {
-        recent.pop_front();
-    }
-}
-
-/// The latest `limit` messages, oldest first.
-fn latest(recent: &VecDeque<ChatMessage>, limit: usize) -> Vec<ChatMessage> {
-    recent
-        .range(recent.len().saturating_sub(limit)..)
-        .cloned()
-        .collect()
 }

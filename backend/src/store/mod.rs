@@ -11,6 +11,7 @@
 
 pub mod dynamodb;
 pub mod group_commit;
+mod history_cache;
 pub mod local;
 
 use std::future::Future;
@@ -133,6 +134,159 @@ impl RateLimit {
     }
 }
 
+/// Every rate limit the chat applies; `None` turns one off.
+///
+/// A person's allowance lives with their address as well as with their
+/// socket: a new socket from an address that recently had one starts with
+/// what that address's sockets left (a reconnect refills nothing), and the
+/// address as a whole has a cap of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// What one connection may do: messages, joins, leaves, history pages.
+    pub connection: Option<RateLimit>,
+    /// The same for one client address, all its connections together.
+    pub client: Option<RateLimit>,
+    /// Connections one client address may open (a bucket of its own, so a
+    /// reload is never refused for having chatted).
+    pub handshakes: Option<RateLimit>,
+}
+
+impl Limits {
+    /// No limit at all (load tests, benchmarks).
+    pub const OFF: Self = Self {
+        connection: None,
+        client: None,
+        handshakes: None,
+    };
+
+    /// Per client address, unless configured otherwise: 30 people behind
+    /// one NAT address posting every few seconds each (10 a second) stay
+    /// well within it; one machine cannot put more than 60 + 20 a second
+    /// into a room.
+    pub const DEFAULT_CLIENT: (f64, u32) = (20.0, 60);
+    /// Handshakes per client address: a classroom opening the page at once,
+    /// or reconnecting together after a restart, fits the burst.
+    pub const DEFAULT_HANDSHAKES: (f64, u32) = (2.0, 60);
+
+    /// The defaults with the per-connection limit given; a `per_second` of
+    /// 0 turns every limit off.
+    pub fn with_connection(per_second: f64, burst: u32) -> Result<Self, String> {
+        let Some(connection) = RateLimit::new(per_second, burst)? else {
+            return Ok(Self::OFF);
+        };
+        let (client_rate, client_burst) = Self::DEFAULT_CLIENT;
+        let (handshake_rate, handshake_burst) = Self::DEFAULT_HANDSHAKES;
+        Ok(Self {
+            connection: Some(connection),
+            client: RateLimit::new(client_rate, client_burst)?,
+            handshakes: RateLimit::new(handshake_rate, handshake_burst)?,
+        })
+    }
+
+    /// The limits from `RATE_LIMIT` and `RATE_BURST` (per connection; a
+    /// rate of 0 turns every limit off), `CLIENT_RATE_LIMIT`,
+    /// `CLIENT_RATE_BURST`, `HANDSHAKE_RATE_LIMIT` and
+    /// `HANDSHAKE_RATE_BURST`, each defaulting to the constants here.
+    pub fn from_env() -> Result<Self, String> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+            match std::env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name} is not a number: {value:?}")),
+                Err(_) => Ok(default),
+            }
+        }
+        let pair = |rate: &str, burst: &str, (default_rate, default_burst): (f64, u32)| {
+            RateLimit::new(var(rate, default_rate)?, var(burst, default_burst)?)
+        };
+        let Some(connection) = pair("RATE_LIMIT", "RATE_BURST", RateLimit::DEFAULT)? else {
+            return Ok(Self::OFF);
+        };
+        Ok(Self {
+            connection: Some(connection),
+            client: pair(
+                "CLIENT_RATE_LIMIT",
+                "CLIENT_RATE_BURST",
+                Self::DEFAULT_CLIENT,
+            )?,
+            handshakes: pair(
+                "HANDSHAKE_RATE_LIMIT",
+                "HANDSHAKE_RATE_BURST",
+                Self::DEFAULT_HANDSHAKES,
+            )?,
+        })
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let (per_second, burst) = RateLimit::DEFAULT;
+        Self::with_connection(per_second, burst).expect("the default limits are valid")
+    }
+}
+
+/// Whom the per-client limits count: an IPv4 address, or an IPv6 /64 (one
+/// host usually has a whole /64 to pick addresses from), as text; `None`
+/// for a source that is not an address.
+pub fn client_key(source_ip: &str) -> Option<String> {
+    let ip: std::net::IpAddr = source_ip.trim().parse().ok()?;
+    Some(client_of(ip).to_string())
+}
+
+/// The address a per-client limit or cap counts `ip` under.
+pub fn client_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
+/// A connection to record, as `$connect` admitted it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewConnection<'a> {
+    pub connection_id: &'a str,
+    /// Milliseconds since the epoch.
+    pub connected_at: u64,
+    /// Its [`client_key`], if the source is known.
+    pub client: Option<&'a str>,
+    /// Where its rate limit starts ([`ClientAdmission::Admitted`]).
+    pub full_again_us: u64,
+    /// The room it joins at once (`?room=`), as whom.
+    pub membership: Option<(&'a Room, &'a Name)>,
+}
+
+impl<'a> NewConnection<'a> {
+    /// A connection from an unknown source, with a fresh rate limit.
+    pub fn new(
+        connection_id: &'a str,
+        connected_at: u64,
+        membership: Option<(&'a Room, &'a Name)>,
+    ) -> Self {
+        Self {
+            connection_id,
+            connected_at,
+            client: None,
+            full_again_us: 0,
+            membership,
+        }
+    }
+}
+
+/// Whether a client address may open another connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAdmission {
+    /// Yes; the new connection's rate limit starts here (what the address's
+    /// recent connections left, after a `?room=` join if there is one).
+    Admitted { full_again_us: u64 },
+    /// The address opens connections (or acts) faster than its limits.
+    Limited,
+}
+
 /// Whether a connection may send a message now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -149,12 +303,21 @@ pub enum Admission {
 /// Membership changes return the connection as it was before, so a handler
 /// learns the room being left in the same round trip that leaves it.
 pub trait Store: Send + Sync + 'static {
-    /// Records a new connection, already in `membership`'s room when given.
+    /// Counts a new connection from `client` against the handshake limit
+    /// and, when it joins a room at once (`joining`), that join against the
+    /// message limits; says where the new connection's rate limit starts.
+    fn admit_client(
+        &self,
+        client: &str,
+        limits: &Limits,
+        joining: bool,
+        now_us: u64,
+    ) -> impl Future<Output = Result<ClientAdmission, StoreError>> + Send;
+
+    /// Records a new connection, already in its room when it names one.
     fn add_connection(
         &self,
-        connection_id: &str,
-        connected_at: u64,
-        membership: Option<(&Room, &Name)>,
+        connection: &NewConnection<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn connection(
@@ -162,12 +325,12 @@ pub trait Store: Send + Sync + 'static {
         connection_id: &str,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
-    /// Looks up a message's sender and counts the message against `limit`
-    /// in the same step, so a rate limit costs no extra round trip.
+    /// Looks up a message's sender and counts the message against the
+    /// limits in the same step, so a rate limit costs no extra round trip.
     fn admit_message(
         &self,
         connection_id: &str,
-        limit: Option<&RateLimit>,
+        limits: &Limits,
         now_us: u64,
     ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
@@ -186,7 +349,9 @@ pub trait Store: Send + Sync + 'static {
         connection_id: &str,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
-    /// Forgets the connection; `None` when it was already gone.
+    /// Forgets the connection (handing what is left of its rate limit to
+    /// its client address, for its next connection); `None` when it was
+    /// already gone.
     fn remove_connection(
         &self,
         connection_id: &str,
