@@ -226,8 +226,12 @@ def chat_local_server(workers):
         "--addr", "127.0.0.1:0",
         "--data-dir", data_dir,
         "--dist", "dist",
-        # Load is the point here; a person's rate limit would refuse it.
+        # Load is the point here; a person's rate limits (per connection,
+        # per address, handshakes) would refuse it, and every client comes
+        # from 127.0.0.1, so the per-address HTTP cap is off too.
         "--rate-limit", "0",
+        "--max-http-connections-per-ip", "0",
+        "--max-http-connections", "8192",
     ]
     return Server("chat-local", argv, env=env, data_dir=data_dir)
 

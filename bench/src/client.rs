@@ -39,6 +39,8 @@ pub struct Client {
     clients_per_room: usize,
     room: String,
     pub socket: Socket,
+    /// How long the TCP connect and WebSocket handshake took.
+    pub handshake: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -107,9 +109,11 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let joining = async {
             // Nagle off, as chat servers set it: small frames go out at once.
+            let started = std::time::Instant::now();
             let (mut socket, _) = connect_async_with_config(url, None, true)
                 .await
                 .with_context(|| format!("cannot connect to {url}"))?;
+            let handshake = started.elapsed();
             let join =
                 serde_json::json!({"action": "join", "room": room, "name": format!("c{index}")});
             socket.send(Message::text(join.to_string())).await?;
@@ -128,9 +132,9 @@ impl Client {
                     None => bail!("the server closed the socket before the join completed"),
                 }
             }
-            anyhow::Ok(socket)
+            anyhow::Ok((socket, handshake))
         };
-        let socket = tokio::time::timeout(timeout, joining)
+        let (socket, handshake) = tokio::time::timeout(timeout, joining)
             .await
             .with_context(|| format!("client {index} did not join within {timeout:?}"))??;
         Ok(Self {
@@ -138,6 +142,7 @@ impl Client {
             clients_per_room,
             room,
             socket,
+            handshake,
         })
     }
 

@@ -10,10 +10,13 @@
 //! - `storm`: N clients join, C at a time, then all vanish at once.
 //! - `soak`: a steady chat counted exactly, with clients joining, leaving
 //!   and vanishing around it; memory must come back once everyone left.
+//! - `slow-readers`, `reconnect-loop`: attacks from one machine on the
+//!   server's limits (`attack.rs`).
 //!
 //! With `--server-pid` (a server on this machine) it also reads the server's
 //! CPU time and resident memory from `/proc` around each phase.
 
+mod attack;
 mod client;
 mod server;
 mod soak;
@@ -105,6 +108,33 @@ enum Mode {
     /// vanishing around it; with `--server-pid`, memory must end at most
     /// `--memory-slack` percent above its warmed-up baseline.
     Soak(soak::SoakPlan),
+    /// Connections from loopback addresses 127.0.0.2 and up that ask for a
+    /// file many times and never read; `/healthz` and a join are timed
+    /// meanwhile (with `--server-pid`: memory, and when all were let go).
+    SlowReaders {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Spread over this many addresses (127.0.0.2, 127.0.0.3, …).
+        #[arg(long, default_value_t = 20)]
+        addresses: u8,
+        #[arg(long, default_value = "/index.html")]
+        path: String,
+        /// Requests each connection sends at once.
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+        /// Stop waiting for the server to let them go after this long.
+        #[arg(long, default_value = "90", value_name = "SECONDS")]
+        limit: u64,
+    },
+    /// One client connecting into a room (`?room=`), sending messages and
+    /// hanging up, in a loop; a watcher counts what reached the room.
+    ReconnectLoop {
+        #[arg(long, default_value = "5", value_name = "SECONDS")]
+        duration: u64,
+        /// Messages each socket sends before hanging up.
+        #[arg(long, default_value_t = 10)]
+        per_socket: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -172,6 +202,37 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         Mode::Soak(plan) => {
             soak::soak(&args.url, &run_id, plan, args.concurrency, server.as_ref()).await?
+        }
+        Mode::SlowReaders {
+            connections,
+            addresses,
+            path,
+            requests,
+            limit,
+        } => {
+            let plan = attack::SlowReaders {
+                connections,
+                addresses,
+                path,
+                requests,
+                limit: Duration::from_secs(limit),
+            };
+            let (summary, report) =
+                attack::slow_readers(&args.url, &run_id, plan, server.as_ref(), args.server_pid)
+                    .await?;
+            (summary, report, true)
+        }
+        Mode::ReconnectLoop {
+            duration,
+            per_socket,
+        } => {
+            attack::reconnect_loop(
+                &args.url,
+                &run_id,
+                Duration::from_secs(duration),
+                per_socket,
+            )
+            .await?
         }
         Mode::Storm { rooms, clients } => {
             let (summary, report) = storm(
@@ -334,7 +395,7 @@ async fn idle(
     let before = server.map(Server::sample).transpose()?;
     let total = rooms * clients;
     eprintln!("joining {total} idle clients into {rooms} rooms");
-    let readers = join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
+    let (readers, _) = join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
     tokio::time::sleep(settle).await;
     let after = server.map(Server::sample).transpose()?;
     let mut summary = format!("{total} idle clients joined");
@@ -368,8 +429,22 @@ async fn storm(
     eprintln!("join storm: {total} clients into {rooms} rooms, {concurrency} at a time");
     let before = server.map(Server::sample).transpose()?;
     let started = Instant::now();
-    let readers = join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
+    let (readers, mut handshakes) =
+        join_and_listen(url, run_id, (rooms, clients), concurrency).await?;
     let join_s = started.elapsed().as_secs_f64();
+    // A handshake that waited a second or more most likely lost its SYN to a
+    // full listen backlog and waited for the kernel's retry.
+    handshakes.sort_unstable();
+    let at = |q: f64| {
+        handshakes.len().checked_sub(1).map_or(0.0, |last| {
+            handshakes[(last as f64 * q).round() as usize].as_secs_f64() * 1e3
+        })
+    };
+    let handshake_ms = [at(0.5), at(0.99), at(1.0)];
+    let slow = handshakes
+        .iter()
+        .filter(|h| **h >= Duration::from_secs(1))
+        .count();
     // Let the presence frames of the last joins settle before the drop.
     let joined_cpu = match server {
         Some(server) => {
@@ -393,8 +468,15 @@ async fn storm(
     for reader in readers {
         let _ = reader.await;
     }
-    let mut summary = format!("{total} clients joined in {join_s:.2} s");
-    let mut report = json!({"mode": "storm", "url": url, "connections": total, "join_s": join_s});
+    let mut summary = format!(
+        "{total} clients joined in {join_s:.2} s; handshake ms p50 {:.1} p99 {:.1} max {:.1}, {slow} took 1 s or more",
+        handshake_ms[0], handshake_ms[1], handshake_ms[2]
+    );
+    let mut report = json!({
+        "mode": "storm", "url": url, "connections": total, "join_s": join_s,
+        "handshake_ms": {"p50": handshake_ms[0], "p99": handshake_ms[1], "max": handshake_ms[2]},
+        "handshakes_over_1s": slow,
+    });
     if let (Some(server), Some(dropped_at), Some(joined_cpu)) = (server, dropped_at, joined_cpu) {
         let (quiet_after, quiet) = server
             .wait_until_quiet(drop_started, Duration::from_secs(300))
@@ -439,7 +521,7 @@ async fn join_and_listen(
     run_id: &str,
     (rooms, clients): (usize, usize),
     concurrency: usize,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Vec<Duration>)> {
     let joined = join_all(
         url,
         run_id,
@@ -449,10 +531,12 @@ async fn join_and_listen(
         Duration::from_secs(300),
     )
     .await?;
-    Ok(joined
+    let handshakes = joined.iter().map(|c| c.handshake).collect();
+    let readers = joined
         .into_iter()
         .map(|c| tokio::spawn(c.drain()))
-        .collect())
+        .collect();
+    Ok((readers, handshakes))
 }
 
 /// Connects and joins `rooms × clients` clients, `concurrency` at a time.

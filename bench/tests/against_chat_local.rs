@@ -37,6 +37,8 @@ impl ChatLocal {
                 "127.0.0.1:0",
                 "--rate-limit",
                 "0",
+                "--max-http-connections-per-ip",
+                "0",
                 "--store",
                 store,
             ])

@@ -127,12 +127,13 @@ struct Args {
           env = "CHAT_MAX_HTTP_CONNECTIONS")]
     max_http_connections: usize,
     /// The same per client address; `0` for no per-address cap. A browser
-    /// opens at most six to one server, so 64 lets a few people share an
-    /// address (behind NAT) while one client cannot hold them all.
+    /// keeps up to six to one server (idle ones too, for a while), so 256
+    /// lets a classroom share an address (behind NAT) while one client
+    /// cannot hold all of them.
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 64,
+        default_value_t = HttpLimits::default().max_connections_per_ip.unwrap_or(0),
         env = "CHAT_MAX_HTTP_CONNECTIONS_PER_IP"
     )]
     max_http_connections_per_ip: usize,

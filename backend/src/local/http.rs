@@ -63,7 +63,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            max_connections_per_ip: Some(64),
+            max_connections_per_ip: Some(256),
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,

@@ -662,21 +662,9 @@ impl DynamoStore {
         })
     }
 
-    /// Hands what a removed connection left of its rate limit to its client
-    /// address, so its next connection starts there. Written only when
-    /// there is something to hand on (the bucket is not full again yet);
-    /// a failure costs only that.
-    async fn bequeath(&self, removed: &Item) {
-        let (Some(client), Some(full_again_us)) = (
-            optional_s(removed, "client"),
-            optional_n(removed, RATE_ATTRIBUTE),
-        ) else {
-            return;
-        };
-        let now_us = crate::clock::now_us();
-        if full_again_us <= now_us {
-            return;
-        }
+    /// Hands a spent rate limit's state to the client address, so that its
+    /// next connection starts there; a failure costs only that.
+    async fn hand_on(&self, client: &str, full_again_us: u64, now_us: u64) {
         let written = self
             .client
             .update_item()
@@ -687,7 +675,10 @@ impl DynamoStore {
             .expression_attribute_names("#inherit", INHERIT_ATTRIBUTE)
             .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_values(":full", n(full_again_us))
-            .expression_attribute_values(":expires", self.expiry(now_us / 1000, CLIENT_TTL))
+            .expression_attribute_values(
+                ":expires",
+                self.expiry(full_again_us.max(now_us) / 1000, CLIENT_TTL),
+            )
             .send()
             .await;
         match written {
@@ -748,6 +739,12 @@ impl Store for DynamoStore {
             },
             _ => inherited,
         };
+        if let Some(limit) = &limits.connection
+            && limit.admit(start, now_us).is_none()
+        {
+            // The join spent it: see `admit_message`.
+            self.hand_on(client, start, now_us).await;
+        }
         Ok(ClientAdmission::Admitted {
             full_again_us: start,
         })
@@ -819,14 +816,16 @@ impl Store for DynamoStore {
             .await?
         {
             Gcra::Admitted(item) => {
-                // That spent the bucket: hand it on now, not only when the
-                // connection ends, or a client could reconnect to a full one
-                // before its `$disconnect` runs. Someone typing never gets
-                // here; only a client at its limit pays this write.
-                if optional_n(&item, RATE_ATTRIBUTE)
-                    .is_some_and(|full_again_us| limit.admit(full_again_us, now_us).is_none())
+                // That spent the bucket: handed to the address at once, so
+                // reconnecting does not refill it. Someone typing never gets
+                // here (only a client at its limit pays this write), and
+                // people sharing an address never pay for each other.
+                if let (Some(client), Some(full_again_us)) = (
+                    optional_s(&item, "client"),
+                    optional_n(&item, RATE_ATTRIBUTE),
+                ) && limit.admit(full_again_us, now_us).is_none()
                 {
-                    self.bequeath(&item).await;
+                    self.hand_on(client, full_again_us, now_us).await;
                 }
                 self.connection_from_item(&item).map(Admission::Admitted)
             }
@@ -867,11 +866,10 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(backend("DeleteItem"))?;
-        let Some(item) = output.attributes else {
-            return Ok(None);
-        };
-        self.bequeath(&item).await;
-        self.connection_from_item(&item).map(Some)
+        output
+            .attributes
+            .map(|item| self.connection_from_item(&item))
+            .transpose()
     }
 
     async fn forget_gone(
@@ -890,9 +888,6 @@ impl Store for DynamoStore {
             .send()
             .await
             .map(|output| output.attributes);
-        if let Ok(Some(item)) = &deleted {
-            self.bequeath(item).await;
-        }
         self.previous_connection(deleted, "DeleteItem")
     }
 

@@ -58,7 +58,7 @@ struct ClientRecord {
     /// Everything its connections do, together.
     actions_full_again_us: u64,
     /// Where a new connection's rate limit starts: the latest state of its
-    /// connections that ended, or spent their bucket.
+    /// connections that spent their bucket.
     inherited_full_again_us: u64,
 }
 
@@ -152,16 +152,6 @@ impl Membership {
         self.clients.get_mut(client).expect("inserted above")
     }
 
-    /// Hands what a connection left of its rate limit to its client.
-    fn bequeath(&mut self, record: &Record) {
-        if let Some(client) = record.client.as_deref()
-            && let Some(client) = self.clients.get_mut(client)
-        {
-            client.inherited_full_again_us =
-                client.inherited_full_again_us.max(record.full_again_us);
-        }
-    }
-
     fn record(&self, connection_id: &str) -> Option<Connection> {
         let record = self.connections.get(connection_id)?;
         Some(record.connection(connection_id))
@@ -224,6 +214,10 @@ impl Store for LocalStore {
         }
         record.handshakes_full_again_us = handshakes;
         record.actions_full_again_us = actions;
+        if admit(&limits.connection, start, now_us).is_none() {
+            // The join spent it: see `admit_message`.
+            record.inherited_full_again_us = record.inherited_full_again_us.max(start);
+        }
         Ok(ClientAdmission::Admitted {
             full_again_us: start,
         })
@@ -301,10 +295,10 @@ impl Store for LocalStore {
                 return Ok(Admission::Limited);
             };
             client.actions_full_again_us = client_next;
-            // Spent: handed on at once, not only when the connection ends,
-            // or the client could reconnect to a full bucket meanwhile. A
-            // bucket that is not spent is not handed on while it is in use:
-            // people sharing an address (a NAT) do not drain each other.
+            // Spent: handed to the address at once, so reconnecting does not
+            // refill it. Only a spent bucket is handed on (a person typing
+            // never spends one): people sharing an address, behind a NAT,
+            // never pay for each other's chatting.
             if admit(&limits.connection, connection_next, now_us).is_none() {
                 client.inherited_full_again_us =
                     client.inherited_full_again_us.max(connection_next);
@@ -349,9 +343,7 @@ impl Store for LocalStore {
         connection_id: &str,
     ) -> Result<Option<Connection>, StoreError> {
         Ok(self.take_out(connection_id, |state| {
-            if let Some(record) = state.connections.remove(connection_id) {
-                state.bequeath(&record);
-            }
+            state.connections.remove(connection_id);
         }))
     }
 
