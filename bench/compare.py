@@ -68,7 +68,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / "node"
-CHAT_LOCAL = ROOT / "target" / "release" / "chat-local"
+# CHAT_LOCAL_BIN runs another build (an older one, for an A/B comparison).
+CHAT_LOCAL = Path(os.environ.get("CHAT_LOCAL_BIN", ROOT / "target" / "release" / "chat-local"))
 CHAT_BENCH = ROOT / "target" / "release" / "chat-bench"
 BUILD_COMMAND = "cargo build --release -p backend -p chat-bench --bin chat-local --bin chat-bench"
 
@@ -230,9 +231,16 @@ def chat_local_server(workers):
         # per address, handshakes) would refuse it, and every client comes
         # from 127.0.0.1, so the per-address HTTP cap is off too.
         "--rate-limit", "0",
-        "--max-http-connections-per-ip", "0",
-        "--max-http-connections", "8192",
     ]
+    # Builds from before the HTTP caps (CHAT_LOCAL_BIN, for A/B runs) lack
+    # these options.
+    help_text = subprocess.run([str(CHAT_LOCAL), "--help"], capture_output=True, text=True).stdout
+    if "--max-http-connections-per-ip" in help_text:
+        argv += [
+            "--max-http-connections-per-ip", "0",
+            "--max-http-connections", "8192",
+            "--max-connections-per-ip", "0",
+        ]
     return Server("chat-local", argv, env=env, data_dir=data_dir)
 
 

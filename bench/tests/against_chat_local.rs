@@ -39,6 +39,8 @@ impl ChatLocal {
                 "0",
                 "--max-http-connections-per-ip",
                 "0",
+                "--max-connections-per-ip",
+                "0",
                 "--store",
                 store,
             ])

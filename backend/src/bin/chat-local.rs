@@ -15,7 +15,7 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::{Router, middleware};
 use backend::chat::{Chat, ChatConfig, OriginPolicy};
-use backend::local::client_address::{Network, TrustedProxies};
+use backend::local::client_address::{ForwardedHeader, Network, TrustedProxies};
 use backend::local::dynamodb::{EmbeddedDynamo, external_client, local_client};
 use backend::local::gateway::{Gateway, GatewayConfig, Integration};
 use backend::local::http::{self, HttpLimits};
@@ -116,16 +116,22 @@ struct Args {
     #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Open WebSockets per client address at most; handshakes beyond it get
-    /// 429. Off by default: behind a reverse proxy every client has the
-    /// proxy's address.
-    #[arg(long, value_name = "N", env = "CHAT_MAX_CONNECTIONS_PER_IP",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_connections_per_ip: Option<u32>,
+    /// 429, so that a few addresses cannot fill the server. `0` for no cap
+    /// (load tests run thousands of clients from one address). Behind a
+    /// reverse proxy, name it with `--trusted-proxy`, or every client has
+    /// the proxy's address.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        env = "CHAT_MAX_CONNECTIONS_PER_IP"
+    )]
+    max_connections_per_ip: u32,
     /// HTTP connections that are not WebSockets (page loads, handshakes
     /// under way) open at once at most; more are answered 503.
-    #[arg(long, value_name = "N", default_value_t = HttpLimits::default().max_connections,
-          env = "CHAT_MAX_HTTP_CONNECTIONS")]
-    max_http_connections: usize,
+    /// Unset, 4 096, or a quarter of the open file limit if that is less.
+    #[arg(long, value_name = "N", env = "CHAT_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
     /// The same per client address; `0` for no per-address cap. A browser
     /// keeps up to six to one server (idle ones too, for a while), so 256
     /// lets a classroom share an address (behind NAT) while one client
@@ -148,6 +154,11 @@ struct Args {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<Network>,
+    /// The header the trusted proxies append the client's address to; the
+    /// other is ignored (a proxy passes it through as the client wrote it).
+    #[arg(long, value_enum, default_value_t = ForwardedHeader::XForwardedFor,
+          env = "CHAT_FORWARDED_HEADER")]
+    forwarded_header: ForwardedHeader,
     /// What one connection may do per second, on average: messages, joins,
     /// leaves, history pages. `0` turns every rate limit off, the
     /// per-address and handshake ones too (benchmarks and load tests run
@@ -228,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let descriptors = raise_open_file_limit();
-    let max_connections =
+    let (max_connections, max_http_connections) =
         fit_descriptors(args.max_connections, args.max_http_connections, descriptors)?;
     let origins = OriginPolicy::only(
         TRUNK_SERVE_ORIGINS
@@ -300,9 +311,13 @@ async fn main() -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         max_connection_duration: args.max_connection_duration,
         max_connections,
-        max_connections_per_ip: args.max_connections_per_ip,
+        max_connections_per_ip: (args.max_connections_per_ip > 0)
+            .then_some(args.max_connections_per_ip),
         message_deadline: args.message_deadline,
-        trusted_proxies: Arc::new(TrustedProxies::new(args.trusted_proxies.clone())),
+        trusted_proxies: Arc::new(TrustedProxies::new(
+            args.trusted_proxies.clone(),
+            args.forwarded_header,
+        )),
         ..GatewayConfig::default()
     };
     let sockets = LocalPusher::default();
@@ -314,7 +329,7 @@ async fn main() -> anyhow::Result<()> {
         management_fixed: args.lambda_endpoint.is_some(),
         dist: args.dist.clone(),
         http: HttpLimits {
-            max_connections: args.max_http_connections,
+            max_connections: max_http_connections,
             max_connections_per_ip: (args.max_http_connections_per_ip > 0)
                 .then_some(args.max_http_connections_per_ip),
             stall_timeout: args.http_stall_timeout,
@@ -497,6 +512,16 @@ fn raise_open_file_limit() -> Option<u64> {
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
+            } else {
+                // macOS refuses an unlimited soft limit; its per-process
+                // ceiling (OPEN_MAX) is 10 240.
+                let bounded = libc::rlimit {
+                    rlim_cur: limit.rlim_max.min(10_240),
+                    ..limit
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &bounded) == 0 {
+                    limit = bounded;
+                }
             }
         }
         Some(limit.rlim_cur as u64)
@@ -510,45 +535,70 @@ const DESCRIPTOR_HEADROOM: u64 = 256;
 /// WebSockets at most unless told otherwise.
 const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
-/// `--max-connections`, lowered if WebSockets, HTTP connections and the
-/// headroom would not fit the descriptor limit: past it, accept fails and
-/// nobody new gets in (not even `/healthz`) until someone leaves.
+/// `--max-connections` and `--max-http-connections` fitted to the
+/// descriptor limit, with room for the server itself: past it, accept
+/// fails and nobody new gets in (not even `/healthz`) until someone leaves.
+/// What was not set is sized quietly; what was set and does not fit is
+/// lowered with a warning. Only a limit too small for anything is an error.
 fn fit_descriptors(
     asked: Option<usize>,
-    max_http_connections: usize,
+    asked_http: Option<usize>,
     limit: Option<u64>,
-) -> anyhow::Result<usize> {
-    let max_connections = asked.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+) -> anyhow::Result<(usize, usize)> {
+    let default_http = HttpLimits::default().max_connections;
     let Some(limit) = limit else {
-        return Ok(max_connections);
+        return Ok((
+            asked.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            asked_http.unwrap_or(default_http),
+        ));
     };
-    let available = limit
-        .saturating_sub(DESCRIPTOR_HEADROOM)
-        .saturating_sub(max_http_connections as u64);
-    if available < 16 {
+    let room = limit.saturating_sub(DESCRIPTOR_HEADROOM);
+    if room < 64 {
         anyhow::bail!(
-            "the open file limit ({limit}) leaves no room for WebSockets after {max_http_connections} HTTP connections (--max-http-connections) and {DESCRIPTOR_HEADROOM} for the server itself; raise it (ulimit -n) or lower --max-http-connections"
+            "the open file limit ({limit}) leaves no room for clients after {DESCRIPTOR_HEADROOM} descriptors for the server itself; raise it (ulimit -n)"
         );
     }
-    if max_connections as u64 > available {
-        if asked.is_none() {
-            tracing::info!(
-                max_connections = available,
+    // HTTP connections get at most a quarter, unless asked for more.
+    let quarter = (room / 4) as usize;
+    let http = match asked_http {
+        Some(http) if http as u64 <= room / 2 => http,
+        Some(http) => {
+            tracing::warn!(
+                asked = http,
+                lowered_to = room / 2,
                 open_file_limit = limit,
-                "WebSockets capped by the open file limit (ulimit -n)"
+                "--max-http-connections lowered to fit the open file limit (ulimit -n)"
             );
-            return Ok(available as usize);
+            (room / 2) as usize
         }
-        tracing::warn!(
-            asked = max_connections,
-            lowered_to = available,
-            open_file_limit = limit,
-            max_http_connections,
-            "--max-connections lowered to fit the open file limit (ulimit -n); raise the limit to allow more"
-        );
-        return Ok(available as usize);
-    }
-    Ok(max_connections)
+        None => default_http.min(quarter),
+    };
+    let available = room - http as u64;
+    let websockets = match asked {
+        Some(asked) if asked as u64 > available => {
+            tracing::warn!(
+                asked,
+                lowered_to = available,
+                open_file_limit = limit,
+                max_http_connections = http,
+                "--max-connections lowered to fit the open file limit (ulimit -n); raise the limit to allow more"
+            );
+            available as usize
+        }
+        Some(asked) => asked,
+        None => {
+            let fitted = DEFAULT_MAX_CONNECTIONS.min(available as usize);
+            if fitted < DEFAULT_MAX_CONNECTIONS {
+                tracing::info!(
+                    max_connections = fitted,
+                    open_file_limit = limit,
+                    "WebSockets capped by the open file limit (ulimit -n)"
+                );
+            }
+            fitted
+        }
+    };
+    Ok((websockets, http))
 }
 
 /// Ctrl-C, or SIGTERM from a service manager.
@@ -579,19 +629,28 @@ mod tests {
 
     #[test]
     fn connections_fit_the_descriptor_limit() {
-        // Plenty of descriptors: as asked.
+        // Plenty of descriptors: as asked, or the defaults.
         assert_eq!(
-            fit_descriptors(Some(1000), 4096, Some(1 << 20)).unwrap(),
-            1000
+            fit_descriptors(Some(1000), Some(50), Some(1 << 20)).unwrap(),
+            (1000, 50)
         );
-        assert_eq!(fit_descriptors(None, 4096, Some(1 << 20)).unwrap(), 20_000);
+        assert_eq!(
+            fit_descriptors(None, None, Some(1 << 20)).unwrap(),
+            (20_000, 4096)
+        );
         // 20 000 descriptors: room for HTTP and the server itself first.
-        assert_eq!(fit_descriptors(None, 4096, Some(20_000)).unwrap(), 15_648);
         assert_eq!(
-            fit_descriptors(Some(50_000), 4096, Some(20_000)).unwrap(),
-            15_648
+            fit_descriptors(None, None, Some(20_000)).unwrap(),
+            (15_648, 4096)
         );
-        assert_eq!(fit_descriptors(Some(10), 4096, None).unwrap(), 10);
-        assert!(fit_descriptors(None, 4096, Some(1024)).is_err());
+        assert_eq!(
+            fit_descriptors(Some(50_000), None, Some(20_000)).unwrap(),
+            (15_648, 4096)
+        );
+        // A small limit (1024, macOS's 256) still starts, sized to it.
+        assert_eq!(fit_descriptors(None, None, Some(1024)).unwrap(), (576, 192));
+        assert_eq!(fit_descriptors(None, None, Some(512)).unwrap(), (192, 64));
+        assert!(fit_descriptors(None, None, Some(256)).is_err());
+        assert_eq!(fit_descriptors(Some(10), Some(20), None).unwrap(), (10, 20));
     }
 }

@@ -224,7 +224,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         // The client's limits: handshakes on a bucket of their own, and a
         // `?room=` join counted like any other.
-        let full_again_us = match connecting.client {
+        let limits = &self.config.limits;
+        let limited = limits.connection.is_some() || limits.handshakes.is_some();
+        let full_again_us = match connecting.client.filter(|_| limited) {
             Some(client) => match self
                 .store
                 .admit_client(client, &self.config.limits, membership.is_some(), now_us())

@@ -10,13 +10,24 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::gateway::GatewayConfig;
+use crate::quiet_warning::QuietWarning;
 use crate::store::client_of;
 
 /// Counts open sockets, in all and per client address, against the caps.
-#[derive(Default)]
 pub(super) struct OpenSockets {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    full: Mutex<QuietWarning>,
+}
+
+impl Default for OpenSockets {
+    fn default() -> Self {
+        Self {
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            full: Mutex::new(QuietWarning::new(std::time::Duration::from_secs(10))),
+        }
+    }
 }
 
 impl OpenSockets {
@@ -29,10 +40,17 @@ impl OpenSockets {
             })
             .is_err();
         if over_total {
-            tracing::warn!(
-                max = config.max_connections,
-                "connection refused: the server is full"
-            );
+            // A reconnect storm against a full server: one line per period.
+            self.full
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .warn(|more| {
+                    tracing::warn!(
+                        max = config.max_connections,
+                        more_since_last_report = more,
+                        "connection refused: the server is full"
+                    );
+                });
             return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server has as many connections as it takes; try again later",

@@ -2,18 +2,34 @@
 //!
 //! The peer of the TCP connection, unless that peer is a reverse proxy the
 //! operator named (`--trusted-proxy`): then the client is the nearest
-//! address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a
-//! trusted proxy. Without trusted proxies those headers are ignored: anyone
-//! can write them, and believing them would let one client pass for many.
+//! address in the header the proxies write (`X-Forwarded-For`, or
+//! `Forwarded: for=` if the operator says so) that is not itself a trusted
+//! proxy. Only that one header is read: proxies pass the other through as
+//! the client sent it. Without trusted proxies both are ignored: anyone can
+//! write them, and believing them would let one client pass for many.
 
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use axum::http::HeaderMap;
 
-/// Networks whose connections come from reverse proxies.
+/// Networks whose connections come from reverse proxies, and the header
+/// those proxies append the client's address to.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Network>);
+pub struct TrustedProxies {
+    networks: Vec<Network>,
+    header: ForwardedHeader,
+}
+
+/// Which header the trusted proxies write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, Caddy, Traefik, HAProxy, AWS ALB).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=` (RFC 7239).
+    Forwarded,
+}
 
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +91,12 @@ fn same_prefix(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
 }
 
 impl TrustedProxies {
-    pub fn new(networks: Vec<Network>) -> Self {
-        Self(networks)
+    pub fn new(networks: Vec<Network>, header: ForwardedHeader) -> Self {
+        Self { networks, header }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|network| network.contains(ip))
+        self.networks.iter().any(|network| network.contains(ip))
     }
 
     /// The client behind a request from `peer`.
@@ -92,7 +108,7 @@ impl TrustedProxies {
         // Each proxy appends the address it heard from: walk back from the
         // nearest hop past our own proxies. The first untrusted hop is the
         // client; what lies before it is the client's to write.
-        let hops = forwarded_for(headers);
+        let hops = forwarded_for(headers, self.header);
         hops.iter()
             .rev()
             .copied()
@@ -104,42 +120,37 @@ impl TrustedProxies {
     }
 }
 
-/// The addresses `Forwarded: for=` (RFC 7239) lists, or else
-/// `X-Forwarded-For`, nearest last. An unreadable entry ends the list
-/// there: what came before it cannot be attributed.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
+/// The addresses `header` lists, nearest last. Each comma-separated entry
+/// is read on its own, from raw bytes: an entry the client wrote unreadable
+/// cannot hide the ones the proxies appended after it. An unreadable entry
+/// ends the list there: what came before it cannot be attributed.
+fn forwarded_for(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
+    let name = match header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
+    };
+    let entries: Vec<Option<IpAddr>> = headers
+        .get_all(name)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then_some(value.trim())
-            })
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|entry| {
+            let entry = std::str::from_utf8(entry).ok()?;
+            match header {
+                ForwardedHeader::XForwardedFor => parse_hop(entry),
+                ForwardedHeader::Forwarded => entry.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    if key.trim().eq_ignore_ascii_case("for") {
+                        parse_hop(value)
+                    } else {
+                        None
+                    }
+                }),
+            }
         })
         .collect();
-    let entries: Vec<&str> = if forwarded.is_empty() {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .collect()
-    } else {
-        forwarded
-    };
     // Keep the trustworthy tail: from the nearest entry back to the first
     // one that cannot be read.
-    let mut hops: Vec<IpAddr> = entries
-        .iter()
-        .rev()
-        .map_while(|entry| parse_hop(entry))
-        .collect();
+    let mut hops: Vec<IpAddr> = entries.iter().rev().map_while(|hop| *hop).collect();
     hops.reverse();
     hops
 }
@@ -171,7 +182,10 @@ mod tests {
     }
 
     fn proxies(networks: &[&str]) -> TrustedProxies {
-        TrustedProxies::new(networks.iter().map(|n| n.parse().unwrap()).collect())
+        TrustedProxies::new(
+            networks.iter().map(|n| n.parse().unwrap()).collect(),
+            ForwardedHeader::XForwardedFor,
+        )
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -236,8 +250,11 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_read_as_rfc_7239_writes_it() {
-        let trusted = proxies(&["10.0.0.0/8"]);
+    fn forwarded_is_read_as_rfc_7239_writes_it_when_chosen() {
+        let trusted = TrustedProxies::new(
+            vec!["10.0.0.0/8".parse().unwrap()],
+            ForwardedHeader::Forwarded,
+        );
         let forwarded = headers(&[(
             "forwarded",
             "for=192.0.2.60;proto=https, For=\"[2001:db8:cafe::17]:4711\"",
@@ -250,5 +267,30 @@ mod tests {
         assert_eq!(trusted.client(ip("10.9.9.9"), &port), ip("192.0.2.60"));
         let hidden = headers(&[("forwarded", "for=_hidden, for=unknown")]);
         assert_eq!(trusted.client(ip("10.9.9.9"), &hidden), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn only_the_chosen_header_counts_so_a_client_cannot_write_the_other() {
+        // nginx appends to X-Forwarded-For and passes the client's own
+        // Forwarded through: that one must not be believed.
+        let spoof = headers(&[
+            ("forwarded", "for=203.0.113.99"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            proxies(&["10.0.0.0/8"]).client(ip("10.0.0.2"), &spoof),
+            ip("198.51.100.7")
+        );
+        // An unreadable part written by the client cannot hide the hop the
+        // proxy appended to the same line.
+        let mut folded = HeaderMap::new();
+        folded.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.8").unwrap(),
+        );
+        assert_eq!(
+            proxies(&["10.0.0.0/8"]).client(ip("10.0.0.2"), &folded),
+            ip("198.51.100.8")
+        );
     }
 }

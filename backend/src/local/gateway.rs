@@ -169,17 +169,18 @@ impl<I: Integration> Gateway<I> {
     /// than timers in each.
     pub async fn keep_alive(self: Arc<Self>) {
         let pings = !self.config.ping_interval.is_zero();
-        let every = if pings {
-            self.config.ping_interval
-        } else {
-            // Only closing to do: often enough that the idle timeout is kept
-            // to within a quarter of itself.
-            (self.config.idle_timeout / 4)
-                .clamp(Duration::from_millis(100), Duration::from_secs(30))
-        };
+        // Often enough that the idle timeout is kept to within a quarter of
+        // itself and the message deadline to within half of itself, and
+        // that quiet sockets are pinged every ping interval.
+        let mut every = (self.config.idle_timeout / 4).min(self.config.message_deadline / 2);
+        if pings {
+            every = every.min(self.config.ping_interval);
+        }
+        let every = every.clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let ping_after = every.as_millis() as u64;
+        let ping_after = self.config.ping_interval.as_millis() as u64;
+        let tick_ms = every.as_millis() as u64;
         let idle_after = self.config.idle_timeout.as_millis() as u64;
         let expire_after = self.config.max_connection_duration.as_millis() as u64;
         let finish_within = self.config.message_deadline.as_millis() as u64;
@@ -211,7 +212,12 @@ impl<I: Integration> Gateway<I> {
                         reason: "idle timeout",
                     })
                 } else {
-                    if pings && silent >= ping_after {
+                    // Once per ping interval of silence: when this tick
+                    // crossed a multiple of it.
+                    if pings
+                        && silent >= ping_after
+                        && silent / ping_after > silent.saturating_sub(tick_ms) / ping_after
+                    {
                         socket.ping();
                     }
                     None

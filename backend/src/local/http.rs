@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -150,11 +151,22 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let io = TokioIo::new(Watched::new(stream, limits.stall_timeout));
+        // Requests being answered: the connection is not stalled while its
+        // handler works (a `$connect` may take up to API Gateway's 29 s).
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let busy = Arc::clone(&busy);
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let answering = Answering::start(&busy);
+                let answer = app.clone().oneshot(request);
+                async move {
+                    let _answering = answering;
+                    answer.await
+                }
+            })
+        };
+        let io = TokioIo::new(Watched::new(stream, limits.stall_timeout, busy));
         let connection = http.serve_connection(io, service).with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -253,15 +265,34 @@ pub struct Watched {
     stall_timeout: Duration,
     last_progress: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Requests of this connection being answered.
+    busy: Arc<AtomicUsize>,
+}
+
+/// A request being answered, counted while it lasts.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn start(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(busy))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Watched {
-    fn new(stream: TcpStream, stall_timeout: Duration) -> Self {
+    fn new(stream: TcpStream, stall_timeout: Duration, busy: Arc<AtomicUsize>) -> Self {
         Self {
             stream,
             stall_timeout,
             last_progress: Instant::now(),
             timer: None,
+            busy,
         }
     }
 
@@ -276,6 +307,10 @@ impl Watched {
     /// Called when the stream is not ready: an error once the stall
     /// timeout has passed, else the timer armed to wake this task then.
     fn check_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            // Waiting on our own handler is not the client's stall.
+            self.progressed();
+        }
         let deadline = self.last_progress + self.stall_timeout;
         let timer = self
             .timer

@@ -102,21 +102,27 @@ impl<I: Integration> Gateway<I> {
         connection_id: &str,
         socket: &LocalSocket,
     ) -> Ending {
-        let mut decoder = websocket::Decoder::new(websocket::Limits {
-            max_message: self.config.max_message_size,
-            max_read: self.config.max_read_size,
-        });
+        // Counted against the budget for unfinished messages through the
+        // decoder itself: no field of its own in every idle socket's task.
+        let mut decoder = Budgeted {
+            decoder: websocket::Decoder::new(websocket::Limits {
+                max_message: self.config.max_message_size,
+                max_read: self.config.max_read_size,
+            }),
+            total: &self.unfinished_bytes,
+        };
         let mut incoming = Vec::new();
         // Bytes the socket would not take yet; while there are any, the
         // outbox is left alone, so a reader that stops reading fills it and
         // is disconnected instead of growing this without bound.
         let mut unsent = Vec::new();
-        let mut held = Held {
-            total: &self.unfinished_bytes,
-            budget: self.config.max_unfinished_bytes,
-            mine: 0,
-        };
-        let mut violation = decoder.decode(&read_ahead, &mut incoming).err();
+        let mut violation = decoder.decoder.decode(&read_ahead, &mut incoming).err();
+        socket
+            .info
+            .set_unfinished(decoder.decoder.unfinished(), now_ms());
+        if !decoder.account(0, self.config.max_unfinished_bytes) {
+            violation = violation.or(Some(Violation::Overloaded));
+        }
         drop(read_ahead);
         loop {
             // Taken, not drained: an idle socket keeps no frame list.
@@ -216,16 +222,28 @@ impl<I: Integration> Gateway<I> {
                 Err(error) => return lost(error),
                 Ok(false) => {}
                 Ok(true) => match read_some(stream, &mut decoder, &mut incoming) {
-                    Ok(Some(result)) => {
+                    Ok(Some((result, held_before))) => {
                         let now = now_ms();
                         // Whole frames are signs of life; bytes of one
                         // unfinished message are not, however they trickle.
                         if !incoming.is_empty() {
                             socket.info.touch(now);
                         }
-                        socket.info.set_unfinished(decoder.unfinished(), now);
+                        // A message finished: what is unfinished now began
+                        // after it (a control frame finishes nothing).
+                        if incoming.iter().any(|frame| {
+                            matches!(
+                                frame,
+                                Incoming::Text(_) | Incoming::Binary(_) | Incoming::TooLarge
+                            )
+                        }) {
+                            socket.info.set_unfinished(false, now);
+                        }
+                        socket
+                            .info
+                            .set_unfinished(decoder.decoder.unfinished(), now);
                         violation = result.err();
-                        if !held.hold(decoder.held_bytes()) {
+                        if !decoder.account(held_before, self.config.max_unfinished_bytes) {
                             violation = violation.or(Some(Violation::Overloaded));
                         }
                     }
@@ -357,35 +375,32 @@ impl<I: Integration> Gateway<I> {
     }
 }
 
-/// This socket's share of the bytes all sockets hold for messages that have
-/// not fully arrived, which together stay within a budget.
-struct Held<'a> {
+/// A socket's decoder, whose unfinished input counts against the budget
+/// all sockets share; given back when the socket ends.
+struct Budgeted<'a> {
+    decoder: websocket::Decoder,
     total: &'a std::sync::atomic::AtomicUsize,
-    budget: usize,
-    mine: usize,
 }
 
-impl Held<'_> {
-    /// Records that this socket now holds `bytes`; false if that puts all
-    /// sockets together over the budget (growing, not shrinking).
-    fn hold(&mut self, bytes: usize) -> bool {
-        let grew = bytes > self.mine;
-        if grew {
-            let added = bytes - self.mine;
-            let before = self.total.fetch_add(added, Ordering::Relaxed);
-            self.mine = bytes;
-            before + added <= self.budget
+impl Budgeted<'_> {
+    /// Records the change since the decoder held `before` bytes; false if
+    /// it grew and all sockets together are now over `budget`.
+    fn account(&self, before: usize, budget: usize) -> bool {
+        let now = self.decoder.held_bytes();
+        if now > before {
+            let added = now - before;
+            self.total.fetch_add(added, Ordering::Relaxed) + added <= budget
         } else {
-            self.total.fetch_sub(self.mine - bytes, Ordering::Relaxed);
-            self.mine = bytes;
+            self.total.fetch_sub(before - now, Ordering::Relaxed);
             true
         }
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Budgeted<'_> {
     fn drop(&mut self) {
-        self.total.fetch_sub(self.mine, Ordering::Relaxed);
+        self.total
+            .fetch_sub(self.decoder.held_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -396,18 +411,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const MAX_UNSENT: usize = 256 * 1024;
 
 /// Reads what has arrived (once: the loop comes back while there is more):
-/// `None` when it was a false alarm, else whether it decoded cleanly.
+/// `None` when it was a false alarm, else whether it decoded cleanly and
+/// what the decoder held before.
 fn read_some(
     stream: &TcpStream,
-    decoder: &mut websocket::Decoder,
+    decoder: &mut Budgeted<'_>,
     incoming: &mut Vec<Incoming>,
-) -> io::Result<Option<Result<(), Violation>>> {
+) -> io::Result<Option<(Result<(), Violation>, usize)>> {
     // On this function's stack, not in the socket's task: an idle socket
     // holds no read buffer.
     let mut buffer = [0u8; 16 * 1024];
     match stream.try_read(&mut buffer) {
         Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-        Ok(read) => Ok(Some(decoder.decode(&buffer[..read], incoming))),
+        Ok(read) => {
+            let before = decoder.decoder.held_bytes();
+            let decoded = decoder.decoder.decode(&buffer[..read], incoming);
+            Ok(Some((decoded, before)))
+        }
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(error) => Err(error),
     }

@@ -171,9 +171,8 @@ async fn only_files(State(dist): State<Arc<PathBuf>>, request: Request, next: Ne
 }
 
 fn is_file_path(dist: &Path, path: &str) -> bool {
-    if path == "/" {
-        return true;
-    }
+    // `/` is served as `index.html`, and checked as that.
+    let path = if path == "/" { "/index.html" } else { path };
     let Some(relative) = path.strip_prefix('/') else {
         return false;
     };
@@ -240,11 +239,12 @@ mod tests {
         )
         .unwrap();
         let ok = |path| is_file_path(dist.path(), path);
-        assert!(ok("/"));
         assert!(ok("/missing.js"), "a 404 from the file server");
         assert!(!ok("/index.html"), "its gzip copy leads outside");
+        assert!(!ok("/"), "the same file");
         std::fs::remove_file(dist.path().join("index.html.gz")).unwrap();
         assert!(ok("/index.html"));
+        assert!(ok("/"));
         assert!(ok("/index%2ehtml"), "the same file, and a page by its type");
         assert!(!ok("/index.html/"));
         assert!(!ok("//index.html"));

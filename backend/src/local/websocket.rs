@@ -124,11 +124,20 @@ pub struct Decoder {
     /// The start of a frame that has not fully arrived. Empty (and without
     /// an allocation) between frames, which is nearly always.
     partial: Vec<u8>,
+    /// A message begun in earlier frames (one field, not two: every idle
+    /// socket's task holds a decoder).
+    message: Message,
+}
+
+#[derive(Debug)]
+enum Message {
+    /// Between messages.
+    None,
     /// A fragmented message so far: its opcode and payload.
-    fragments: Option<(u8, Vec<u8>)>,
+    Fragments(u8, Vec<u8>),
     /// A message over [`Limits::max_message`] being dropped: its length so
     /// far, and the payload bytes of its current frame still to come.
-    dropping: Option<Dropping>,
+    Dropping(Dropping),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +146,15 @@ struct Dropping {
     frame_left: u64,
     /// The current frame ends the message.
     fin: bool,
+}
+
+impl Message {
+    fn fragments(&self) -> Option<&Vec<u8>> {
+        match self {
+            Self::Fragments(_, bytes) => Some(bytes),
+            _ => None,
+        }
+    }
 }
 
 struct Header {
@@ -152,23 +170,18 @@ impl Decoder {
         Self {
             limits,
             partial: Vec::new(),
-            fragments: None,
-            dropping: None,
+            message: Message::None,
         }
     }
 
     /// Whether part of a frame or a message has arrived and the rest has not.
     pub fn unfinished(&self) -> bool {
-        !self.partial.is_empty() || self.fragments.is_some() || self.dropping.is_some()
+        !self.partial.is_empty() || !matches!(self.message, Message::None)
     }
 
     /// Bytes held for what has not fully arrived.
     pub fn held_bytes(&self) -> usize {
-        self.partial.capacity()
-            + self
-                .fragments
-                .as_ref()
-                .map_or(0, |(_, bytes)| bytes.capacity())
+        self.partial.capacity() + self.message.fragments().map_or(0, Vec::capacity)
     }
 
     /// Decodes every frame completed by `input`, appending messages and
@@ -197,7 +210,7 @@ impl Decoder {
     ) -> Result<usize, Violation> {
         let start = input.len();
         loop {
-            if let Some(dropping) = &mut self.dropping {
+            if let Message::Dropping(dropping) = &mut self.message {
                 let dropped = input
                     .len()
                     .min(usize::try_from(dropping.frame_left).unwrap_or(usize::MAX));
@@ -207,7 +220,7 @@ impl Decoder {
                     break;
                 }
                 if dropping.fin {
-                    self.dropping = None;
+                    self.message = Message::None;
                     out.push(Incoming::TooLarge);
                     continue;
                 }
@@ -236,16 +249,15 @@ impl Decoder {
         let frame_len = header.payload_len as u64;
         match header.opcode {
             opcode::CONTINUATION => {
-                if let Some(dropping) = &mut self.dropping {
+                if let Message::Dropping(dropping) = &mut self.message {
                     dropping.so_far += frame_len;
                     dropping.frame_left = frame_len;
                     dropping.fin = header.fin;
                     return true;
                 }
-                let so_far = self.fragments.as_ref().map_or(0, |(_, bytes)| bytes.len());
+                let so_far = self.message.fragments().map_or(0, Vec::len);
                 if so_far as u64 + frame_len > self.limits.max_message as u64 {
-                    self.fragments = None;
-                    self.dropping = Some(Dropping {
+                    self.message = Message::Dropping(Dropping {
                         so_far: so_far as u64 + frame_len,
                         frame_left: frame_len,
                         fin: header.fin,
@@ -255,11 +267,10 @@ impl Decoder {
                 false
             }
             opcode::TEXT | opcode::BINARY
-                if self.fragments.is_none()
-                    && self.dropping.is_none()
+                if matches!(self.message, Message::None)
                     && frame_len > self.limits.max_message as u64 =>
             {
-                self.dropping = Some(Dropping {
+                self.message = Message::Dropping(Dropping {
                     so_far: frame_len,
                     frame_left: frame_len,
                     fin: header.fin,
@@ -309,14 +320,12 @@ impl Decoder {
                 }
             }
             opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
-                let so_far = match (&self.fragments, &self.dropping) {
-                    (Some((_, bytes)), _) => bytes.len() as u64,
-                    (None, Some(dropping)) => dropping.so_far,
-                    (None, None) => 0,
+                let so_far = match &self.message {
+                    Message::Fragments(_, bytes) => bytes.len() as u64,
+                    Message::Dropping(dropping) => dropping.so_far,
+                    Message::None => 0,
                 };
-                if opcode != opcode::CONTINUATION
-                    && (self.fragments.is_some() || self.dropping.is_some())
-                {
+                if opcode != opcode::CONTINUATION && !matches!(self.message, Message::None) {
                     return Err(Violation::Protocol(
                         "a new message began before the last one ended",
                     ));
@@ -348,28 +357,32 @@ impl Decoder {
     ) -> Result<(), Violation> {
         match header.opcode {
             opcode::TEXT | opcode::BINARY => {
-                if self.fragments.is_some() {
+                if !matches!(self.message, Message::None) {
                     return Err(Violation::Protocol(
                         "a new message began before the last one ended",
                     ));
                 }
                 let payload = unmask(payload, header.mask);
                 if header.fin {
-                    out.push(self.message(header.opcode, payload)?);
+                    out.push(self.finish_message(header.opcode, payload)?);
                 } else {
-                    self.fragments = Some((header.opcode, payload));
+                    self.message = Message::Fragments(header.opcode, payload);
                 }
             }
             opcode::CONTINUATION => {
-                let Some((_, so_far)) = self.fragments.as_mut() else {
+                let Message::Fragments(_, so_far) = &mut self.message else {
                     return Err(Violation::Protocol("continuation frame outside a message"));
                 };
                 let start = so_far.len();
                 so_far.extend_from_slice(payload);
                 unmask_in_place(&mut so_far[start..], header.mask);
                 if header.fin {
-                    let (opcode, payload) = self.fragments.take().expect("checked above");
-                    out.push(self.message(opcode, payload)?);
+                    let Message::Fragments(opcode, payload) =
+                        std::mem::replace(&mut self.message, Message::None)
+                    else {
+                        unreachable!("checked above");
+                    };
+                    out.push(self.finish_message(opcode, payload)?);
                 }
             }
             opcode::PING => out.push(Incoming::Ping(unmask(payload, header.mask))),
@@ -380,7 +393,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn message(&self, opcode: u8, payload: Vec<u8>) -> Result<Incoming, Violation> {
+    fn finish_message(&self, opcode: u8, payload: Vec<u8>) -> Result<Incoming, Violation> {
         if payload.len() > self.limits.max_message {
             return Ok(Incoming::TooLarge);
         }

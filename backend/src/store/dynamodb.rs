@@ -328,8 +328,7 @@ impl DynamoStore {
             }
         }
         for connection_id in &stale {
-            // One by one, returning the old record: each goes through the
-            // same path as a disconnect (its client's rate limit handed on).
+            // One by one, as a disconnect removes its record.
             self.remove_connection(connection_id).await?;
         }
         Ok(stale.len())
@@ -716,8 +715,9 @@ impl Store for DynamoStore {
                     .await?
                 {
                     Gcra::Admitted(item) => item,
-                    Gcra::Limited => return Ok(ClientAdmission::Limited),
-                    Gcra::Missing => unreachable!("client items are made as needed"),
+                    // Missing: deleted between the two updates of a burst
+                    // (TTL, an operator); refused this once, not a panic.
+                    Gcra::Limited | Gcra::Missing => return Ok(ClientAdmission::Limited),
                 }
             }
             None => self

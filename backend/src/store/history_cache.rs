@@ -1,7 +1,7 @@
 //! chat-local's cache of each room's latest messages, for joins.
 //!
 //! Bounded three ways: per room by count ([`CACHED`]) and by bytes
-//! ([`ROOM_BYTES`]: fifty 4 KB messages would be 200 KB a room), in all by
+//! ([`ROOM_BYTES`], a page of the largest messages), in all by
 //! bytes ([`TOTAL_BYTES`]), and in time: a room nobody has written to or
 //! joined for [`IDLE`] gives its cache back, as does a room everyone left.
 //! What the cache cannot answer is read from the table.
@@ -16,8 +16,10 @@ use shared::limits::HISTORY_LEN;
 /// Messages kept per room: a page, and one more to tell whether older ones
 /// remain.
 pub const CACHED: usize = HISTORY_LEN + 1;
-/// Bytes of messages kept per room at most.
-pub const ROOM_BYTES: usize = 64 * 1024;
+/// Bytes of messages kept per room at most: a full page of the largest
+/// messages (51 × 4 KB and their fields), so a room's cache always answers a
+/// join; the total bounds them all.
+pub const ROOM_BYTES: usize = 256 * 1024;
 /// Bytes of messages kept for all rooms together at most.
 pub const TOTAL_BYTES: usize = 64 * 1024 * 1024;
 /// How long a room's cache outlives its last use.
@@ -155,7 +157,13 @@ impl HistoryCache {
                     self.forget(&message.room);
                 }
             }
-            Some(RoomHistory::Loading { saved_meanwhile }) => saved_meanwhile.push(message.clone()),
+            Some(RoomHistory::Loading { saved_meanwhile }) => {
+                // Only the newest can end up in the cache.
+                if saved_meanwhile.len() >= CACHED {
+                    saved_meanwhile.remove(0);
+                }
+                saved_meanwhile.push(message.clone());
+            }
             None => {}
         }
         if now_ms.saturating_sub(self.swept_at_ms) >= 60_000 {
@@ -255,8 +263,8 @@ mod tests {
         assert_eq!(page.last().unwrap().ts, 199);
         // Big messages: the bytes bound the room, and what it cannot answer
         // goes to the table.
-        for i in 200..260 {
-            cache.saved(&message(i, 4000), 1);
+        for i in 200..300 {
+            cache.saved(&message(i, 8000), 1);
         }
         assert!(cache.bytes() <= ROOM_BYTES, "{}", cache.bytes());
         assert!(matches!(
@@ -268,7 +276,7 @@ mod tests {
         };
         assert_eq!(
             few.iter().map(|m| m.ts).collect::<Vec<_>>(),
-            [257, 258, 259]
+            [297, 298, 299]
         );
     }
 

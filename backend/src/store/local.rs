@@ -209,7 +209,11 @@ impl Store for LocalStore {
                 admit(&limits.client, actions, now_us),
             ) {
                 (Some(connection), Some(client)) => (start, actions) = (connection, client),
-                _ => return Ok(ClientAdmission::Limited),
+                _ => {
+                    // The handshake was made all the same (as on DynamoDB).
+                    record.handshakes_full_again_us = handshakes;
+                    return Ok(ClientAdmission::Limited);
+                }
             }
         }
         record.handshakes_full_again_us = handshakes;
@@ -248,6 +252,14 @@ impl Store for LocalStore {
             }
             None => (None, None),
         };
+        // The client table's own key where there is one: one allocation per
+        // address, not per connection.
+        let client = client.map(|client| {
+            state
+                .clients
+                .get_key_value(client)
+                .map_or_else(|| Arc::from(client), |(key, _)| Arc::clone(key))
+        });
         state.connections.insert(
             id,
             Record {
@@ -255,7 +267,7 @@ impl Store for LocalStore {
                 room,
                 name,
                 full_again_us,
-                client: client.map(Arc::from),
+                client,
             },
         );
         Ok(())
@@ -285,10 +297,12 @@ impl Store for LocalStore {
         let Some(connection_next) = admit(&limits.connection, record.full_again_us, now_us) else {
             return Ok(Admission::Limited);
         };
+        // Made again if pruned meanwhile: a pruned record was settled,
+        // the same as a new one.
         let client = record
             .client
-            .as_deref()
-            .and_then(|client| clients.get_mut(client));
+            .as_ref()
+            .map(|client| clients.entry(Arc::clone(client)).or_default());
         if let Some(client) = client {
             let Some(client_next) = admit(&limits.client, client.actions_full_again_us, now_us)
             else {

@@ -349,9 +349,7 @@ pub trait Store: Send + Sync + 'static {
         connection_id: &str,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
-    /// Forgets the connection (handing what is left of its rate limit to
-    /// its client address, for its next connection); `None` when it was
-    /// already gone.
+    /// Forgets the connection; `None` when it was already gone.
     fn remove_connection(
         &self,
         connection_id: &str,
