@@ -189,12 +189,7 @@ impl DynamoStore {
             Some(TableStatus::Active) => {}
             Some(other) => {
                 tracing::info!(table, status = %other.as_str(), "waiting for the table");
-                self.client
-                    .wait_until_table_exists()
-                    .table_name(table)
-                    .wait(Duration::from_secs(300))
-                    .await
-                    .map_err(waiter("DescribeTable"))?;
+                return self.finish_table(table).await;
             }
         }
         self.ensure_ttl(table).await

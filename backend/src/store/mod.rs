@@ -96,22 +96,6 @@ impl RateLimit {
         }))
     }
 
-    /// The limit from `RATE_LIMIT` (messages per second, 0 for none) and
-    /// `RATE_BURST`, each defaulting to [`RateLimit::DEFAULT`]'s.
-    pub fn from_env() -> Result<Option<Self>, String> {
-        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
-            match std::env::var(name) {
-                Ok(value) => value
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name} is not a number: {value:?}")),
-                Err(_) => Ok(default),
-            }
-        }
-        let (per_second, burst) = Self::DEFAULT;
-        Self::new(var("RATE_LIMIT", per_second)?, var("RATE_BURST", burst)?)
-    }
-
     /// Messages per second and burst, unless configured otherwise: enough
     /// for anyone typing, far too little for a flood.
     pub const DEFAULT: (f64, u32) = (2.0, 10);
