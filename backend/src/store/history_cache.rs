@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use shared::ChatMessage;
 use shared::limits::HISTORY_LEN;
+use tokio::sync::watch;
 
 /// Messages kept per room: a page, and one more to tell whether older ones
 /// remain.
@@ -39,6 +40,8 @@ enum RoomHistory {
     /// read cannot miss them.
     Loading {
         saved_meanwhile: Vec<ChatMessage>,
+        /// Dropped with this entry, which wakes every [`LoadWait`].
+        done: watch::Sender<()>,
     },
     Ready(Recent),
 }
@@ -57,9 +60,28 @@ struct Recent {
 pub enum Lookup {
     /// The answer.
     Hit(Vec<ChatMessage>),
-    /// Not cached: read the table, then [`HistoryCache::loaded`]. `true` when
-    /// this reader started the load (and must finish it).
-    Miss { loading: bool },
+    /// Not cached, and this reader is the one to read it: read the table,
+    /// then [`HistoryCache::loaded`] (with `None` if the read failed or was
+    /// given up).
+    Load,
+    /// Another reader is loading it: wait for that, then look again. One
+    /// read per room, however many join at once (a restart's reconnect
+    /// storm would otherwise read each busy room once per joiner).
+    Wait(LoadWait),
+    /// The cache cannot answer this request: read the table.
+    Read,
+}
+
+/// A load in progress, to wait for.
+pub struct LoadWait(watch::Receiver<()>);
+
+impl LoadWait {
+    /// Returns once the load has finished, failed or been given up.
+    pub async fn finished(mut self) {
+        // The sender is never used to send: dropping it (with its entry)
+        // is the signal, and `changed` reports it as an error.
+        let _ = self.0.changed().await;
+    }
 }
 
 fn size_of(message: &ChatMessage) -> usize {
@@ -81,19 +103,19 @@ impl HistoryCache {
                 recent.used_at_ms = now_ms;
                 Lookup::Hit(latest(&recent.messages, limit))
             }
-            Some(RoomHistory::Ready(_)) => Lookup::Miss { loading: false },
-            // Someone else is reading it; read too rather than wait.
-            Some(RoomHistory::Loading { .. }) => Lookup::Miss { loading: false },
-            None if limit > CACHED => Lookup::Miss { loading: false },
+            Some(RoomHistory::Ready(_)) => Lookup::Read,
+            Some(RoomHistory::Loading { done, .. }) => Lookup::Wait(LoadWait(done.subscribe())),
+            None if limit > CACHED => Lookup::Read,
             None => {
                 self.sweep(now_ms);
                 self.rooms.insert(
                     room.into(),
                     RoomHistory::Loading {
                         saved_meanwhile: Vec::new(),
+                        done: watch::Sender::new(()),
                     },
                 );
-                Lookup::Miss { loading: true }
+                Lookup::Load
             }
         }
     }
@@ -112,7 +134,9 @@ impl HistoryCache {
     ) -> Option<Vec<ChatMessage>> {
         let saved_meanwhile = match self.rooms.get(room) {
             Some(RoomHistory::Loading { .. }) => match self.rooms.remove(room) {
-                Some(RoomHistory::Loading { saved_meanwhile }) => saved_meanwhile,
+                Some(RoomHistory::Loading {
+                    saved_meanwhile, ..
+                }) => saved_meanwhile,
                 _ => unreachable!("checked above"),
             },
             // Another reader finished first; theirs stays.
@@ -157,7 +181,9 @@ impl HistoryCache {
                     self.forget(&message.room);
                 }
             }
-            Some(RoomHistory::Loading { saved_meanwhile }) => {
+            Some(RoomHistory::Loading {
+                saved_meanwhile, ..
+            }) => {
                 // Only the newest can end up in the cache.
                 if saved_meanwhile.len() >= CACHED {
                     saved_meanwhile.remove(0);
@@ -242,10 +268,7 @@ mod tests {
     }
 
     fn load(cache: &mut HistoryCache, read: &[ChatMessage]) {
-        assert!(matches!(
-            cache.lookup("r", CACHED, 0),
-            Lookup::Miss { loading: true }
-        ));
+        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
         cache.loaded("r", Some(read), true, CACHED, 0);
     }
 
@@ -267,10 +290,7 @@ mod tests {
             cache.saved(&message(i, 8000), 1);
         }
         assert!(cache.bytes() <= ROOM_BYTES, "{}", cache.bytes());
-        assert!(matches!(
-            cache.lookup("r", CACHED, 1),
-            Lookup::Miss { loading: false }
-        ));
+        assert!(matches!(cache.lookup("r", CACHED, 1), Lookup::Read));
         let Lookup::Hit(few) = cache.lookup("r", 3, 1) else {
             panic!("the latest few are cached");
         };
@@ -308,9 +328,37 @@ mod tests {
             later,
         );
         assert_eq!(cache.bytes(), 0);
-        assert!(matches!(
-            cache.lookup("r", 1, later),
-            Lookup::Miss { loading: true }
-        ));
+        assert!(matches!(cache.lookup("r", 1, later), Lookup::Load));
+    }
+
+    #[tokio::test]
+    async fn joiners_wait_for_the_one_load_in_progress() {
+        let mut cache = HistoryCache::default();
+        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
+        let Lookup::Wait(first) = cache.lookup("r", CACHED, 0) else {
+            panic!("a second reader waits");
+        };
+        let Lookup::Wait(second) = cache.lookup("r", 5, 0) else {
+            panic!("a third reader waits");
+        };
+        let waiting = tokio::spawn(async move { first.finished().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing was loaded yet");
+        cache.loaded("r", Some(&[message(1, 5)]), true, CACHED, 0);
+        waiting.await.unwrap();
+        second.finished().await;
+        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Hit(page) if page.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_wakes_the_waiters_and_the_next_reader_loads() {
+        let mut cache = HistoryCache::default();
+        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
+        let Lookup::Wait(waiter) = cache.lookup("r", CACHED, 0) else {
+            panic!("waits");
+        };
+        assert!(cache.loaded("r", None, false, CACHED, 0).is_none());
+        waiter.finished().await;
+        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
     }
 }

@@ -410,25 +410,54 @@ impl Store for LocalStore {
         room: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let loading = match self.history().lookup(room, limit, now_ms()) {
-            Lookup::Hit(messages) => return Ok(messages),
-            Lookup::Miss { loading } => loading,
+        loop {
+            // Bound to a statement of its own: the guard is not held across
+            // the awaits below.
+            let lookup = self.history().lookup(room, limit, now_ms());
+            match lookup {
+                Lookup::Hit(messages) => return Ok(messages),
+                Lookup::Read => return self.messages.recent_messages(room, limit).await,
+                // Then look again: hit, or load if that reader failed.
+                Lookup::Wait(load) => load.finished().await,
+                Lookup::Load => break,
+            }
+        }
+        // Given up if this future is dropped mid-read, so that waiters
+        // are not left waiting for a load nobody finishes.
+        let mut unfinished = UnfinishedLoad {
+            store: self,
+            room: Some(room),
         };
-        if !loading {
-            return self.messages.recent_messages(room, limit).await;
-        }
         let read = self.messages.recent_messages(room, CACHED).await;
-        if read.is_err() {
-            // A later join reads again.
-            self.history().loaded(room, None, false, limit, now_ms());
-        }
+        unfinished.room = None;
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                // A later join reads again.
+                self.history().loaded(room, None, false, limit, now_ms());
+                return Err(error);
+            }
+        };
         // Cached only while someone is in the room (see forget_history_of).
         let keep = self.membership().rooms.contains_key(room);
-        let read = read?;
         let merged = self
             .history()
             .loaded(room, Some(&read), keep, limit, now_ms());
         Ok(merged.unwrap_or_else(|| read[read.len().saturating_sub(limit)..].to_vec()))
+    }
+}
+
+/// A history load in progress, given up if dropped before it finished.
+struct UnfinishedLoad<'a> {
+    store: &'a LocalStore,
+    room: Option<&'a str>,
+}
+
+impl Drop for UnfinishedLoad<'_> {
+    fn drop(&mut self) {
+        if let Some(room) = self.room {
+            self.store.history().loaded(room, None, false, 0, now_ms());
+        }
     }
 }
 
