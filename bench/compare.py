@@ -69,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / "node"
 # CHAT_LOCAL_BIN runs another build (an older one, for an A/B comparison).
-CHAT_LOCAL = Path(os.environ.get("CHAT_LOCAL_BIN", ROOT / "target" / "release" / "chat-local"))
+CHAT_LOCAL = Path(os.environ.get("CHAT_LOCAL_BIN", ROOT / "target" / "release" / "chat-local")).resolve()
 CHAT_BENCH = ROOT / "target" / "release" / "chat-bench"
 BUILD_COMMAND = "cargo build --release -p backend -p chat-bench --bin chat-local --bin chat-bench"
 
@@ -500,6 +500,9 @@ def warn_if_stale():
         CHAT_LOCAL: [ROOT / "backend" / "src", ROOT / "shared" / "src"],
         CHAT_BENCH: [ROOT / "bench" / "src"],
     }
+    if os.environ.get("CHAT_LOCAL_BIN"):
+        # Another build on purpose: its sources are not these.
+        del sources[CHAT_LOCAL]
     for binary, dirs in sources.items():
         built = binary.stat().st_mtime
         newer = [

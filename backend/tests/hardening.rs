@@ -466,3 +466,29 @@ async fn slow_readers_of_the_app_crowd_out_nobody_and_are_let_go() {
     drop(attackers);
     expect_alive(&mut ada).await;
 }
+
+/// A restart's reconnect storm waits in the listen queue rather than having
+/// its SYNs dropped (and retried a second later): the queue is as deep as
+/// the kernel allows, up to 4 096 (tokio's default is 1 024).
+#[tokio::test]
+async fn the_listen_queue_is_deep_enough_for_a_reconnect_storm() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    // For a listening socket, `ss` reports the backlog as its Send-Q.
+    let listing = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .expect("ss (Debian: apt-get install iproute2) reads listen queues");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let backlog: u32 = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|column| column.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket in {listing:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, somaxconn.min(4096), "{listing}");
+}

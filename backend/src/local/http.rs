@@ -111,6 +111,13 @@ pub type HttpIo = TokioIo<Watched>;
 /// Serves `app` on every connection `listener` accepts until `stopping` is
 /// cancelled, then lets requests in progress finish; the returned tracker
 /// holds the connections still open.
+///
+/// Accepting runs on a thread of its own. In a reconnect storm the
+/// runtime's workers are busy with thousands of handshakes, and an accept
+/// loop queued behind them lets the kernel's accept queue overflow: the
+/// kernel then drops the clients' handshakes and they retry a second
+/// later. A thread that does nothing but accept keeps the queue drained;
+/// each connection is served on the runtime's workers as before.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -118,44 +125,143 @@ pub async fn serve(
     proxies: Arc<TrustedProxies>,
     stopping: CancellationToken,
 ) -> TaskTracker {
-    let counts = Arc::new(HttpConnections::default());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let connections = TaskTracker::new();
-    let mut accept_errors = QuietWarning::new(Duration::from_secs(10));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors, most likely: pause rather than
-                    // spin, and say so once in a while, not every time.
-                    accept_errors.warn(|suppressed| {
-                        tracing::warn!(%error, suppressed, "accept failed; are descriptors exhausted?");
-                    });
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopping.cancelled() => break,
+    let server = Arc::new(Server {
+        app,
+        http,
+        limits,
+        proxies,
+        counts: Arc::default(),
+        connections: TaskTracker::new(),
+        runtime: tokio::runtime::Handle::current(),
+        stopping,
+    });
+    let (finished, accepting_finished) = tokio::sync::oneshot::channel();
+    let acceptor = match listener.into_std() {
+        Ok(listener) => {
+            let server = Arc::clone(&server);
+            std::thread::Builder::new()
+                .name("chat-local-accept".into())
+                .spawn(move || {
+                    accept_on_this_thread(listener, &server);
+                    let _ = finished.send(());
+                })
+                .map_err(|error| error.to_string())
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    match acceptor {
+        Ok(_) => {
+            let _ = accepting_finished.await;
+        }
+        Err(error) => tracing::error!(%error, "cannot start the accept thread"),
+    }
+    server.connections.close();
+    server.connections.clone()
+}
+
+/// What every accepted connection is served with.
+struct Server {
+    app: Router,
+    http: http1::Builder,
+    limits: HttpLimits,
+    proxies: Arc<TrustedProxies>,
+    counts: Arc<HttpConnections>,
+    connections: TaskTracker,
+    /// Where connections are served (the accept thread only accepts).
+    runtime: tokio::runtime::Handle,
+    stopping: CancellationToken,
+}
+
+/// The accept loop, on a single-threaded runtime of this thread's own.
+fn accept_on_this_thread(listener: std::net::TcpListener, server: &Arc<Server>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the accept thread's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot accept connections");
+                return;
+            }
         };
+        let mut accept_errors = QuietWarning::new(Duration::from_secs(10));
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors, most likely: pause rather than
+                        // spin, and say so once in a while, not every time.
+                        accept_errors.warn(|suppressed| {
+                            tracing::warn!(%error, suppressed, "accept failed; are descriptors exhausted?");
+                        });
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = server.stopping.cancelled() => break,
+            };
+            server.admit(stream, peer);
+        }
+    });
+}
+
+impl Server {
+    /// Counts a new connection against the caps and hands it to the
+    /// runtime's workers, or refuses it.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let limits = &self.limits;
         let ip = peer.ip().to_canonical();
         let per_ip = limits
             .max_connections_per_ip
-            .filter(|_| !proxies.contains(ip));
-        let Some(slot) = counts.open(ip, limits.max_connections, per_ip) else {
+            .filter(|_| !self.proxies.contains(ip));
+        let Some(slot) = self.counts.open(ip, limits.max_connections, per_ip) else {
             refuse_busy(&stream);
-            continue;
+            return;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        // Registered with this thread's runtime: taken out of it, to be
+        // registered with the workers' when served.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "connection lost before it was served");
+                return;
+            }
+        };
+        let serving = self
+            .connections
+            .track_future(Arc::clone(self).serve(stream, peer, slot));
+        self.runtime.spawn(serving);
+    }
+
+    async fn serve(self: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr, slot: HttpSlot) {
+        let _slot = slot;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "connection lost before it was served");
+                return;
+            }
+        };
         // Requests being answered: the connection is not stalled while its
         // handler works (a `$connect` may take up to API Gateway's 29 s).
         let busy = Arc::new(AtomicUsize::new(0));
         let service = {
             let busy = Arc::clone(&busy);
+            let app = self.app.clone();
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let answering = Answering::start(&busy);
@@ -166,27 +272,21 @@ pub async fn serve(
                 }
             })
         };
-        let io = TokioIo::new(Watched::new(stream, limits.stall_timeout, busy));
-        let connection = http.serve_connection(io, service).with_upgrades();
-        let stopping = stopping.clone();
-        connections.spawn(async move {
-            let _slot = slot;
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = stopping.cancelled() => {
-                    // Finish the request in progress, then close.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "HTTP connection ended");
+        let io = TokioIo::new(Watched::new(stream, self.limits.stall_timeout, busy));
+        let connection = self.http.serve_connection(io, service).with_upgrades();
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = self.stopping.cancelled() => {
+                // Finish the request in progress, then close.
+                connection.as_mut().graceful_shutdown();
+                connection.await
             }
-        });
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%error, "HTTP connection ended");
+        }
     }
-    connections.close();
-    connections
 }
 
 /// Over a cap: a short answer, without reading the request, and the
