@@ -492,3 +492,40 @@ async fn the_listen_queue_is_deep_enough_for_a_reconnect_storm() {
         .unwrap();
     assert_eq!(backlog, somaxconn.min(4096), "{listing}");
 }
+
+/// Over the HTTP cap, a client that has already sent its request still
+/// reads the 503: the server closes gently (its FIN after the answer, the
+/// request read and dropped), never with a reset that can destroy the
+/// answer in flight.
+#[tokio::test]
+async fn a_refusal_over_the_http_cap_reaches_a_client_that_already_sent_its_request() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: data.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--max-http-connections", "1"],
+    });
+    let addr = server.addr;
+    // The one slot, held by a connection that says nothing.
+    let _holder = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // A request with a body the server never reads: unread input at
+        // close is what makes the kernel send a reset.
+        let body = "x".repeat(32 * 1024);
+        let request = format!(
+            "POST /healthz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = Vec::new();
+        let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+            .await
+            .expect("the refused connection is closed");
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text:?} ({ended:?})");
+        assert!(ended.is_ok(), "closed with a reset: {ended:?}");
+    }
+}

@@ -5,7 +5,7 @@ mod common;
 use backend::store::NewConnection;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use aws_sdk_dynamodb::types::{AttributeValue, IndexStatus, TimeToLiveStatus};
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use backend::store::{Member, Store};
 use common::Dynamo;
@@ -621,4 +621,64 @@ async fn the_rate_limit_is_the_same_in_dynamodb_and_in_memory() {
     let local = backend::store::local::LocalStore::new(dynamo_store.clone(), dynamo_store);
     rate_limit_sequence(&local).await;
     client_limit_sequence(&local).await;
+}
+
+#[tokio::test]
+async fn a_table_made_without_the_gateway_index_gets_it_and_the_next_start_cleans_up() {
+    let dynamo = Dynamo::start().await;
+    // Made by the functions' store (no gateway), as an older chat-local did.
+    store(&dynamo, None).await;
+    let mine = || {
+        DynamoStore::new(
+            dynamo.client.clone(),
+            StoreConfig {
+                gateway: Some("mine".into()),
+                ..StoreConfig::default()
+            },
+        )
+    };
+    let first = mine();
+    first.ensure_tables().await.unwrap();
+    assert_eq!(first.remove_stale_connections().await.unwrap(), 0);
+    first
+        .add_connection(&NewConnection::new(
+            "m1",
+            recently(),
+            Some((&room("r"), &name("m1"))),
+        ))
+        .await
+        .unwrap();
+
+    let table = StoreConfig::default().connections_table;
+    let indexed = || async {
+        let described = dynamo
+            .client
+            .describe_table()
+            .table_name(&table)
+            .send()
+            .await
+            .unwrap();
+        described
+            .table
+            .unwrap()
+            .global_secondary_indexes()
+            .iter()
+            .any(|index| {
+                index.index_name() == Some(backend::store::dynamodb::GATEWAY_INDEX)
+                    && index.index_status() == Some(&IndexStatus::Active)
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !indexed().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index was never added"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let second = mine();
+    second.ensure_tables().await.unwrap();
+    assert_eq!(second.remove_stale_connections().await.unwrap(), 1);
+    assert!(second.room_members("r").await.unwrap().is_empty());
 }

@@ -28,7 +28,7 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{Instant, Sleep};
 
@@ -138,6 +138,7 @@ pub async fn serve(
         connections: TaskTracker::new(),
         runtime: tokio::runtime::Handle::current(),
         stopping,
+        lingering: AtomicUsize::new(0),
     });
     let (finished, accepting_finished) = tokio::sync::oneshot::channel();
     let acceptor = match listener.into_std() {
@@ -174,6 +175,8 @@ struct Server {
     /// Where connections are served (the accept thread only accepts).
     runtime: tokio::runtime::Handle,
     stopping: CancellationToken,
+    /// Refused connections being closed gently.
+    lingering: AtomicUsize,
 }
 
 /// The accept loop, on a single-threaded runtime of this thread's own.
@@ -228,7 +231,7 @@ impl Server {
             .max_connections_per_ip
             .filter(|_| !self.proxies.contains(ip));
         let Some(slot) = self.counts.open(ip, limits.max_connections, per_ip) else {
-            refuse_busy(&stream);
+            self.refuse_busy(stream);
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -289,12 +292,43 @@ impl Server {
     }
 }
 
-/// Over a cap: a short answer, without reading the request, and the
-/// connection closed. Best effort: a socket that takes nothing gets nothing.
-fn refuse_busy(stream: &TcpStream) {
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 5\r\n\
+/// How many refused connections may linger at once (see
+/// [`Server::refuse_busy`]); beyond that they are closed at once.
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection lingers at most.
+const LINGER: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Over a cap: a short answer, and the connection closed. Closing a
+    /// socket with unread input sends a reset, which can destroy the answer
+    /// before the client reads it; so the answer is followed by a FIN and
+    /// the client's input read and discarded until it closes too (a
+    /// lingering close, as nginx does), for at most [`LINGER`], on this
+    /// thread. Only [`MAX_LINGERING`] at once: in a flood the rest get the
+    /// answer and the reset.
+    fn refuse_busy(self: &Arc<Self>, stream: TcpStream) {
+        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 5\r\n\
 x-content-type-options: nosniff\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-    let _ = stream.try_write(BUSY);
+        if !matches!(stream.try_write(BUSY), Ok(written) if written == BUSY.len()) {
+            return;
+        }
+        if self.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            self.lingering.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let server = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let _ = tokio::time::timeout(LINGER, async {
+                stream.shutdown().await?;
+                let mut discard = [0u8; 4096];
+                while stream.read(&mut discard).await? > 0 {}
+                io::Result::Ok(())
+            })
+            .await;
+            server.lingering.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
 }
 
 /// Open HTTP connections, in all and per client address.

@@ -187,6 +187,9 @@ fn is_file_path(dist: &Path, path: &str) -> bool {
     }
     // The file and the precompressed copies the server may send instead:
     // each, if it exists, must resolve to a place inside `dist`.
+    // Resolved on every request rather than once: `trunk build` replaces
+    // the folder while chat-local runs, and a page load is a handful of
+    // requests, not a hot path.
     let Ok(root) = dist.canonicalize() else {
         return false;
     };

@@ -21,10 +21,10 @@ use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, PutRequest, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction,
+    GlobalSecondaryIndex, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType,
+    Projection, ProjectionType, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus, WriteRequest,
 };
 use shared::{ChatMessage, Name, Room};
 
@@ -287,41 +287,64 @@ impl DynamoStore {
             .send()
             .await
             .map_err(backend("DescribeTable"))?;
-        let indexed = described.table.is_some_and(|t| {
+        let index = described.table.as_ref().and_then(|t| {
             t.global_secondary_indexes()
                 .iter()
-                .any(|index| index.index_name() == Some(GATEWAY_INDEX))
+                .find(|index| index.index_name() == Some(GATEWAY_INDEX))
         });
-        if !indexed {
-            tracing::info!(
-                table,
-                "the connections table has no {GATEWAY_INDEX}: records of a previous run are forgotten as pushes find them gone"
-            );
-            return Ok(0);
-        }
-        let mut stale = Vec::new();
-        let mut start_key = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(table)
-                .index_name(GATEWAY_INDEX)
-                .key_condition_expression("#gateway = :gateway")
-                .expression_attribute_names("#gateway", GATEWAY_ATTRIBUTE)
-                .expression_attribute_values(":gateway", s(gateway))
-                .set_exclusive_start_key(start_key)
-                .send()
-                .await
-                .map_err(backend("Query"))?;
-            for item in page.items() {
-                stale.push(required_s(item, "connectionId", table)?.to_owned());
+        match index.and_then(|index| index.index_status()) {
+            Some(IndexStatus::Active) => {}
+            Some(status) => {
+                tracing::info!(table, %status, "{GATEWAY_INDEX} is not ready yet; stale records are left to their TTL this time");
+                return Ok(0);
             }
-            start_key = page.last_evaluated_key;
-            if start_key.is_none() {
-                break;
+            None => {
+                // A table made before the index existed (or by someone
+                // else): add it, so the next start can clean up. Records of
+                // earlier runs lack the attribute and expire by their TTL.
+                tracing::info!(
+                    table,
+                    "adding {GATEWAY_INDEX} to the connections table; records of earlier runs expire by their TTL"
+                );
+                self.client
+                    .update_table()
+                    .table_name(table)
+                    .attribute_definitions(attribute(GATEWAY_ATTRIBUTE))
+                    .global_secondary_index_updates(
+                        GlobalSecondaryIndexUpdate::builder()
+                            .create(
+                                CreateGlobalSecondaryIndexAction::builder()
+                                    .index_name(GATEWAY_INDEX)
+                                    .key_schema(key(GATEWAY_ATTRIBUTE, KeyType::Hash))
+                                    .projection(gateway_projection())
+                                    .build()
+                                    .map_err(build_error)?,
+                            )
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(backend("UpdateTable"))?;
+                return Ok(0);
             }
         }
+        let stale = self
+            .client
+            .query()
+            .table_name(table)
+            .index_name(GATEWAY_INDEX)
+            .key_condition_expression("#gateway = :gateway")
+            .expression_attribute_names("#gateway", GATEWAY_ATTRIBUTE)
+            .expression_attribute_values(":gateway", s(gateway))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(backend("Query"))?
+            .iter()
+            .map(|item| required_s(item, "connectionId", table).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
         for connection_id in &stale {
             // One by one, as a disconnect removes its record.
             self.remove_connection(connection_id).await?;
@@ -358,11 +381,7 @@ impl DynamoStore {
             let gateway_index = GlobalSecondaryIndex::builder()
                 .index_name(GATEWAY_INDEX)
                 .key_schema(key(GATEWAY_ATTRIBUTE, KeyType::Hash))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
+                .projection(gateway_projection())
                 .build()
                 .map_err(build_error)?;
             request = request
@@ -888,36 +907,33 @@ impl Store for DynamoStore {
 
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         let table = &self.config.connections_table;
-        let mut members = Vec::new();
-        let mut start_key = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(table)
-                .index_name(ROOM_INDEX)
-                .key_condition_expression("#room = :room")
-                .filter_expression(NOT_EXPIRED)
-                .expression_attribute_names("#room", "room")
-                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
-                .expression_attribute_values(":room", s(room))
-                .expression_attribute_values(":now", n(now_s()))
-                .set_limit(self.config.page_size)
-                .set_exclusive_start_key(start_key)
-                .send()
-                .await
-                .map_err(backend("Query"))?;
-            for item in page.items() {
-                members.push(Member {
+        let items = self
+            .client
+            .query()
+            .table_name(table)
+            .index_name(ROOM_INDEX)
+            .key_condition_expression("#room = :room")
+            .filter_expression(NOT_EXPIRED)
+            .expression_attribute_names("#room", "room")
+            .expression_attribute_names("#expires", TTL_ATTRIBUTE)
+            .expression_attribute_values(":room", s(room))
+            .expression_attribute_values(":now", n(now_s()))
+            .set_limit(self.config.page_size)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(backend("Query"))?;
+        items
+            .iter()
+            .map(|item| {
+                Ok(Member {
                     connection_id: required_s(item, "connectionId", table)?.into(),
                     name: required_s(item, "name", table)?.into(),
-                });
-            }
-            start_key = page.last_evaluated_key;
-            if start_key.is_none() {
-                return Ok(members.into());
-            }
-        }
+                })
+            })
+            .collect()
     }
 
     async fn save_message(&self, message: &ChatMessage) -> Result<(), StoreError> {
@@ -1040,6 +1056,13 @@ fn s(value: &str) -> AttributeValue {
 
 fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
+}
+
+/// The gateway index holds keys only: cleanup needs nothing else.
+fn gateway_projection() -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::KeysOnly)
+        .build()
 }
 
 fn key(name: &str, key_type: KeyType) -> KeySchemaElement {
