@@ -97,6 +97,11 @@ FIGURES = {
         ("join server CPU, s", "join_server_cpu_s", "{:.2f}", "lower"),
         ("quiet after drop, s", "quiet_after_drop_s", "{:.2f}", "lower"),
         ("drop server CPU, s", "drop_server_cpu_s", "{:.2f}", "lower"),
+        ("handshake p99, ms", "handshake_ms.p99", "{:.0f}", "lower"),
+        ("handshakes of 1 s or more", "handshakes_over_1s", "{:,.0f}", "lower"),
+        # SYNs the kernel dropped because the accept queue was full (each
+        # costs its client a 1 s retry); machine-wide, so run nothing else.
+        ("listen queue overflows", "listen_overflows", "{:,.0f}", "lower"),
     ],
 }
 # Loss accounting: must be zero (or delivered == expected) in every mode that
@@ -296,7 +301,11 @@ def measure(label, mode, extra, workers):
         server.start()
         ready = True
         log(f"[{label}] ready on {server.host}:{server.port} (pid {server.proc.pid})")
+        overflows_before = listen_overflows()
         result = run_bench(server, mode, extra)
+        overflows_after = listen_overflows()
+        if overflows_before is not None and overflows_after is not None:
+            result["listen_overflows"] = overflows_after - overflows_before
         if not server.alive():
             raise RunError(f"{label} exited with status {server.proc.returncode} during the run")
         return result, None
@@ -312,6 +321,20 @@ def measure(label, mode, extra, workers):
         return None, message
     finally:
         server.stop()
+
+
+def listen_overflows():
+    """The kernel's TcpExt ListenOverflows counter (Linux), or None."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines, lines[1:]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:]))
+            if "ListenOverflows" in fields:
+                return int(fields["ListenOverflows"])
+    return None
 
 
 def losses(result):

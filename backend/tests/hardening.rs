@@ -470,6 +470,7 @@ async fn slow_readers_of_the_app_crowd_out_nobody_and_are_let_go() {
 /// A restart's reconnect storm waits in the listen queue rather than having
 /// its SYNs dropped (and retried a second later): the queue is as deep as
 /// the kernel allows, up to 4 096 (tokio's default is 1 024).
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_listen_queue_is_deep_enough_for_a_reconnect_storm() {
     let data = tempfile::tempdir().unwrap();
@@ -507,9 +508,14 @@ async fn a_refusal_over_the_http_cap_reaches_a_client_that_already_sent_its_requ
         extra: &["--max-http-connections", "1"],
     });
     let addr = server.addr;
-    // The one slot, held by a connection that says nothing.
+    // The one slot, held by a connection that says nothing: held once a
+    // probe is refused.
     let _holder = TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + WAIT;
+    while raw(addr, &get("/healthz", addr)).await.status != 503 {
+        assert!(Instant::now() < deadline, "the holder never got the slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..3 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         // A request with a body the server never reads: unread input at

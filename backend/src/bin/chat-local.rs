@@ -298,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
         // This gateway's records of a previous run name sockets that are
         // gone; nobody else's are touched.
         let stale = dynamo
-            .remove_stale_connections()
+            .remove_stale_connections(embedded.is_some())
             .await
             .context("cannot remove the connection records of a previous run")?;
         if stale > 0 {
@@ -480,12 +480,15 @@ async fn serve<I: Integration>(gateway: Gateway<I>, listen: &Listen) -> anyhow::
         Arc::clone(&gateway.config().trusted_proxies),
         stopping.clone(),
     )
-    .await;
+    .await
+    .context("the public listener failed")?;
 
     tracing::info!("shutting down");
     let grace = Duration::from_secs(5);
     gateway.shut_down(grace).await;
-    let management_connections = management_connections.await?;
+    let management_connections = management_connections
+        .await?
+        .context("the management listener failed")?;
     let finished = async {
         connections.wait().await;
         management_connections.wait().await;
@@ -529,8 +532,9 @@ fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// Descriptors kept for what is not a client's: the store (its files and
-/// connections), the management API, logs, the runtime.
-const DESCRIPTOR_HEADROOM: u64 = 256;
+/// connections), the management API, logs, the runtime, and refused
+/// connections closing gently on both listeners.
+const DESCRIPTOR_HEADROOM: u64 = 256 + 2 * http::MAX_LINGERING as u64;
 
 /// WebSockets at most unless told otherwise.
 const DEFAULT_MAX_CONNECTIONS: usize = 20_000;

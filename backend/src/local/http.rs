@@ -124,11 +124,17 @@ pub async fn serve(
     limits: HttpLimits,
     proxies: Arc<TrustedProxies>,
     stopping: CancellationToken,
-) -> TaskTracker {
+) -> io::Result<TaskTracker> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // Accepting stops when `stopping` is cancelled, and also if this future
+    // is dropped: the thread would otherwise hold the port.
+    let accepting = stopping.child_token();
+    let _stop_accepting = accepting.clone().drop_guard();
+    let port = listener.local_addr()?.port();
+    let listener = listener.into_std()?;
     let server = Arc::new(Server {
         app,
         http,
@@ -138,30 +144,31 @@ pub async fn serve(
         connections: TaskTracker::new(),
         runtime: tokio::runtime::Handle::current(),
         stopping,
+        accepting,
         lingering: AtomicUsize::new(0),
     });
     let (finished, accepting_finished) = tokio::sync::oneshot::channel();
-    let acceptor = match listener.into_std() {
-        Ok(listener) => {
+    std::thread::Builder::new()
+        // Linux keeps 15 bytes of a thread's name.
+        .name(format!("accept-{port}"))
+        .spawn({
             let server = Arc::clone(&server);
-            std::thread::Builder::new()
-                .name("chat-local-accept".into())
-                .spawn(move || {
-                    accept_on_this_thread(listener, &server);
-                    let _ = finished.send(());
-                })
-                .map_err(|error| error.to_string())
-        }
-        Err(error) => Err(error.to_string()),
+            move || {
+                let _ = finished.send(accept_on_this_thread(listener, &server));
+            }
+        })?;
+    let accepted = match accepting_finished.await {
+        Ok(accepted) => accepted,
+        Err(_) => Err(io::Error::other("the accept thread panicked")),
     };
-    match acceptor {
-        Ok(_) => {
-            let _ = accepting_finished.await;
-        }
-        Err(error) => tracing::error!(%error, "cannot start the accept thread"),
-    }
     server.connections.close();
-    server.connections.clone()
+    if let Err(error) = accepted {
+        // Everything else stops too: a server that cannot accept must not
+        // look alive.
+        server.stopping.cancel();
+        return Err(error);
+    }
+    Ok(server.connections.clone())
 }
 
 /// What every accepted connection is served with.
@@ -174,31 +181,21 @@ struct Server {
     connections: TaskTracker,
     /// Where connections are served (the accept thread only accepts).
     runtime: tokio::runtime::Handle,
+    /// Everything is stopping: connections finish their request and close.
     stopping: CancellationToken,
+    /// Accepting stops (with `stopping`, or when `serve` is dropped).
+    accepting: CancellationToken,
     /// Refused connections being closed gently.
     lingering: AtomicUsize,
 }
 
 /// The accept loop, on a single-threaded runtime of this thread's own.
-fn accept_on_this_thread(listener: std::net::TcpListener, server: &Arc<Server>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+fn accept_on_this_thread(listener: std::net::TcpListener, server: &Arc<Server>) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the accept thread's runtime");
-            return;
-        }
-    };
+        .build()?;
     runtime.block_on(async {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(%error, "cannot accept connections");
-                return;
-            }
-        };
+        let listener = TcpListener::from_std(listener)?;
         let mut accept_errors = QuietWarning::new(Duration::from_secs(10));
         loop {
             let (stream, peer) = tokio::select! {
@@ -214,11 +211,11 @@ fn accept_on_this_thread(listener: std::net::TcpListener, server: &Arc<Server>) 
                         continue;
                     }
                 },
-                () = server.stopping.cancelled() => break,
+                () = server.accepting.cancelled() => return Ok(()),
             };
             server.admit(stream, peer);
         }
-    });
+    })
 }
 
 impl Server {
@@ -246,11 +243,16 @@ impl Server {
         };
         let serving = self
             .connections
-            .track_future(Arc::clone(self).serve(stream, peer, slot));
+            .track_future(Arc::clone(self).serve_connection(stream, peer, slot));
         self.runtime.spawn(serving);
     }
 
-    async fn serve(self: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr, slot: HttpSlot) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        slot: HttpSlot,
+    ) {
         let _slot = slot;
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -292,9 +294,9 @@ impl Server {
     }
 }
 
-/// How many refused connections may linger at once (see
+/// How many refused connections may linger at once, per listener (see
 /// [`Server::refuse_busy`]); beyond that they are closed at once.
-const MAX_LINGERING: usize = 64;
+pub const MAX_LINGERING: usize = 64;
 /// How long a refused connection lingers at most.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -316,8 +318,9 @@ x-content-type-options: nosniff\r\ncontent-length: 0\r\nconnection: close\r\n\r\
             self.lingering.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let server = Arc::clone(self);
+        let lingering = Lingering(Arc::clone(self));
         tokio::spawn(async move {
+            let _lingering = lingering;
             let mut stream = stream;
             let _ = tokio::time::timeout(LINGER, async {
                 stream.shutdown().await?;
@@ -326,8 +329,17 @@ x-content-type-options: nosniff\r\ncontent-length: 0\r\nconnection: close\r\n\r\
                 io::Result::Ok(())
             })
             .await;
-            server.lingering.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// A refused connection lingering, counted while it lasts (dropped with the
+/// accept thread's runtime too).
+struct Lingering(Arc<Server>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -272,61 +272,38 @@ impl DynamoStore {
     /// run ended without their `$disconnect`s): they name sockets that no
     /// longer exist. Only this gateway's, found through the sparse
     /// `gateway-index`; another chat-local's, or anything else's sharing
-    /// the table, are left alone. A table without the index (made by
-    /// someone else) is left as it is: its stale records are forgotten as
-    /// soon as a push finds them gone. Returns how many were removed.
-    pub async fn remove_stale_connections(&self) -> Result<usize, StoreError> {
+    /// the table, are left alone. A table without the index (made before
+    /// it existed) gets it if `may_add_index` (chat-local's own engine, whose
+    /// tables nobody else manages); elsewhere the log says how to add it,
+    /// and stale records are forgotten as pushes find them gone and by their
+    /// TTL. Returns how many were removed.
+    pub async fn remove_stale_connections(&self, may_add_index: bool) -> Result<usize, StoreError> {
         let Some(gateway) = &self.config.gateway else {
             return Ok(0);
         };
         let table = &self.config.connections_table;
-        let described = self
-            .client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(backend("DescribeTable"))?;
-        let index = described.table.as_ref().and_then(|t| {
-            t.global_secondary_indexes()
-                .iter()
-                .find(|index| index.index_name() == Some(GATEWAY_INDEX))
-        });
-        match index.and_then(|index| index.index_status()) {
-            Some(IndexStatus::Active) => {}
-            Some(status) => {
-                tracing::info!(table, %status, "{GATEWAY_INDEX} is not ready yet; stale records are left to their TTL this time");
-                return Ok(0);
+        let status = match self.gateway_index_status().await? {
+            None if may_add_index => {
+                self.add_gateway_index().await;
+                // An engine that builds the index at once lets this start
+                // clean up already.
+                self.gateway_index_status().await?
             }
             None => {
-                // A table made before the index existed (or by someone
-                // else): add it, so the next start can clean up. Records of
-                // earlier runs lack the attribute and expire by their TTL.
                 tracing::info!(
                     table,
-                    "adding {GATEWAY_INDEX} to the connections table; records of earlier runs expire by their TTL"
+                    "the connections table has no {GATEWAY_INDEX}, so records of a previous run are not removed at start; to add it: aws dynamodb update-table --table-name {table} --attribute-definitions AttributeName={GATEWAY_ATTRIBUTE},AttributeType=S --global-secondary-index-updates '[{{\"Create\":{{\"IndexName\":\"{GATEWAY_INDEX}\",\"KeySchema\":[{{\"AttributeName\":\"{GATEWAY_ATTRIBUTE}\",\"KeyType\":\"HASH\"}}],\"Projection\":{{\"ProjectionType\":\"KEYS_ONLY\"}}}}}}]'"
                 );
-                self.client
-                    .update_table()
-                    .table_name(table)
-                    .attribute_definitions(attribute(GATEWAY_ATTRIBUTE))
-                    .global_secondary_index_updates(
-                        GlobalSecondaryIndexUpdate::builder()
-                            .create(
-                                CreateGlobalSecondaryIndexAction::builder()
-                                    .index_name(GATEWAY_INDEX)
-                                    .key_schema(key(GATEWAY_ATTRIBUTE, KeyType::Hash))
-                                    .projection(gateway_projection())
-                                    .build()
-                                    .map_err(build_error)?,
-                            )
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(backend("UpdateTable"))?;
                 return Ok(0);
             }
+            status => status,
+        };
+        if status != Some(IndexStatus::Active) {
+            tracing::info!(
+                table,
+                "{GATEWAY_INDEX} is still being built; records of a previous run are removed at a later start"
+            );
+            return Ok(0);
         }
         let stale = self
             .client
@@ -350,6 +327,64 @@ impl DynamoStore {
             self.remove_connection(connection_id).await?;
         }
         Ok(stale.len())
+    }
+
+    /// The status of the connections table's `gateway-index`, `None` if it
+    /// has none.
+    async fn gateway_index_status(&self) -> Result<Option<IndexStatus>, StoreError> {
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.config.connections_table)
+            .send()
+            .await
+            .map_err(backend("DescribeTable"))?;
+        Ok(described.table.and_then(|table| {
+            table
+                .global_secondary_indexes()
+                .iter()
+                .find(|index| index.index_name() == Some(GATEWAY_INDEX))
+                .map(|index| {
+                    index
+                        .index_status()
+                        .cloned()
+                        .unwrap_or(IndexStatus::Creating)
+                })
+        }))
+    }
+
+    /// Adds `gateway-index` to the connections table, best effort: a start
+    /// never fails for it (another chat-local may be adding it right now,
+    /// or the table may be busy), it only cleans up later.
+    async fn add_gateway_index(&self) {
+        let table = &self.config.connections_table;
+        tracing::info!(table, "adding {GATEWAY_INDEX} to the connections table");
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(GATEWAY_INDEX)
+            .key_schema(key(GATEWAY_ATTRIBUTE, KeyType::Hash))
+            .projection(gateway_projection())
+            .build();
+        let create = match create {
+            Ok(create) => create,
+            Err(error) => {
+                tracing::warn!(%error, "cannot describe {GATEWAY_INDEX}");
+                return;
+            }
+        };
+        let added = self
+            .client
+            .update_table()
+            .table_name(table)
+            .attribute_definitions(attribute(GATEWAY_ATTRIBUTE))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await;
+        if let Err(error) = added {
+            let error = backend("UpdateTable")(error);
+            tracing::warn!(table, %error, "cannot add {GATEWAY_INDEX}; records of a previous run stay until their TTL");
+        }
     }
 
     async fn create_connections_table(&self) -> Result<(), StoreError> {

@@ -40,7 +40,9 @@ enum RoomHistory {
     /// read cannot miss them.
     Loading {
         saved_meanwhile: Vec<ChatMessage>,
-        /// Dropped with this entry, which wakes every [`LoadWait`].
+        /// Dropped with this entry, which wakes every [`LoadWait`]; under
+        /// the cache's lock, so a woken waiter finds the entry's successor
+        /// (the cached page, or nothing) in place.
         done: watch::Sender<()>,
     },
     Ready(Recent),
@@ -69,18 +71,23 @@ pub enum Lookup {
     /// storm would otherwise read each busy room once per joiner).
     Wait(LoadWait),
     /// The cache cannot answer this request: read the table.
-    Read,
+    Uncached,
 }
 
 /// A load in progress, to wait for.
 pub struct LoadWait(watch::Receiver<()>);
 
+/// How long a reader waits for another's load before reading itself: a
+/// read stuck in a slow store must not hold a whole room's joins.
+const LOAD_WAIT: Duration = Duration::from_secs(3);
+
 impl LoadWait {
-    /// Returns once the load has finished, failed or been given up.
+    /// Returns once the load has finished, failed or been given up, or
+    /// after [`LOAD_WAIT`].
     pub async fn finished(mut self) {
         // The sender is never used to send: dropping it (with its entry)
         // is the signal, and `changed` reports it as an error.
-        let _ = self.0.changed().await;
+        let _ = tokio::time::timeout(LOAD_WAIT, self.0.changed()).await;
     }
 }
 
@@ -95,7 +102,11 @@ fn size_of(message: &ChatMessage) -> usize {
 
 impl HistoryCache {
     /// The latest `limit` messages of `room` if the cache holds them.
-    pub fn lookup(&mut self, room: &str, limit: usize, now_ms: u64) -> Lookup {
+    /// `may_wait` is false for a reader that has already waited for a load
+    /// once: it reads the table itself rather than wait or load in turn, so
+    /// a load that ends uncached (failed, the cache full, the room empty)
+    /// never makes its waiters read one after another.
+    pub fn lookup(&mut self, room: &str, limit: usize, may_wait: bool, now_ms: u64) -> Lookup {
         match self.rooms.get_mut(room) {
             Some(RoomHistory::Ready(recent))
                 if limit <= recent.messages.len() || !recent.has_older =>
@@ -103,9 +114,10 @@ impl HistoryCache {
                 recent.used_at_ms = now_ms;
                 Lookup::Hit(latest(&recent.messages, limit))
             }
-            Some(RoomHistory::Ready(_)) => Lookup::Read,
+            Some(RoomHistory::Ready(_)) => Lookup::Uncached,
+            _ if !may_wait => Lookup::Uncached,
             Some(RoomHistory::Loading { done, .. }) => Lookup::Wait(LoadWait(done.subscribe())),
-            None if limit > CACHED => Lookup::Read,
+            None if limit > CACHED => Lookup::Uncached,
             None => {
                 self.sweep(now_ms);
                 self.rooms.insert(
@@ -268,7 +280,7 @@ mod tests {
     }
 
     fn load(cache: &mut HistoryCache, read: &[ChatMessage]) {
-        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
+        assert!(matches!(cache.lookup("r", CACHED, true, 0), Lookup::Load));
         cache.loaded("r", Some(read), true, CACHED, 0);
     }
 
@@ -279,7 +291,7 @@ mod tests {
         for i in 0..200 {
             cache.saved(&message(i, 10), 1);
         }
-        let Lookup::Hit(page) = cache.lookup("r", CACHED, 1) else {
+        let Lookup::Hit(page) = cache.lookup("r", CACHED, true, 1) else {
             panic!("cached");
         };
         assert_eq!(page.len(), CACHED);
@@ -290,8 +302,11 @@ mod tests {
             cache.saved(&message(i, 8000), 1);
         }
         assert!(cache.bytes() <= ROOM_BYTES, "{}", cache.bytes());
-        assert!(matches!(cache.lookup("r", CACHED, 1), Lookup::Read));
-        let Lookup::Hit(few) = cache.lookup("r", 3, 1) else {
+        assert!(matches!(
+            cache.lookup("r", CACHED, true, 1),
+            Lookup::Uncached
+        ));
+        let Lookup::Hit(few) = cache.lookup("r", 3, true, 1) else {
             panic!("the latest few are cached");
         };
         assert_eq!(
@@ -304,7 +319,7 @@ mod tests {
     fn a_quiet_room_with_everything_cached_answers_any_request() {
         let mut cache = HistoryCache::default();
         load(&mut cache, &[message(1, 5), message(2, 5)]);
-        let Lookup::Hit(all) = cache.lookup("r", CACHED, 0) else {
+        let Lookup::Hit(all) = cache.lookup("r", CACHED, true, 0) else {
             panic!("nothing older exists");
         };
         assert_eq!(all.len(), 2);
@@ -328,17 +343,17 @@ mod tests {
             later,
         );
         assert_eq!(cache.bytes(), 0);
-        assert!(matches!(cache.lookup("r", 1, later), Lookup::Load));
+        assert!(matches!(cache.lookup("r", 1, true, later), Lookup::Load));
     }
 
     #[tokio::test]
     async fn joiners_wait_for_the_one_load_in_progress() {
         let mut cache = HistoryCache::default();
-        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
-        let Lookup::Wait(first) = cache.lookup("r", CACHED, 0) else {
+        assert!(matches!(cache.lookup("r", CACHED, true, 0), Lookup::Load));
+        let Lookup::Wait(first) = cache.lookup("r", CACHED, true, 0) else {
             panic!("a second reader waits");
         };
-        let Lookup::Wait(second) = cache.lookup("r", 5, 0) else {
+        let Lookup::Wait(second) = cache.lookup("r", 5, true, 0) else {
             panic!("a third reader waits");
         };
         let waiting = tokio::spawn(async move { first.finished().await });
@@ -347,18 +362,31 @@ mod tests {
         cache.loaded("r", Some(&[message(1, 5)]), true, CACHED, 0);
         waiting.await.unwrap();
         second.finished().await;
-        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Hit(page) if page.len() == 1));
+        assert!(matches!(cache.lookup("r", CACHED, true, 0), Lookup::Hit(page) if page.len() == 1));
     }
 
     #[tokio::test]
-    async fn a_failed_load_wakes_the_waiters_and_the_next_reader_loads() {
+    async fn after_a_failed_load_its_waiters_read_for_themselves_at_once() {
         let mut cache = HistoryCache::default();
-        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
-        let Lookup::Wait(waiter) = cache.lookup("r", CACHED, 0) else {
+        assert!(matches!(cache.lookup("r", CACHED, true, 0), Lookup::Load));
+        let Lookup::Wait(waiter) = cache.lookup("r", CACHED, true, 0) else {
             panic!("waits");
         };
         assert!(cache.loaded("r", None, false, CACHED, 0).is_none());
         waiter.finished().await;
-        assert!(matches!(cache.lookup("r", CACHED, 0), Lookup::Load));
+        // Having waited once, it neither loads nor waits again.
+        assert!(matches!(
+            cache.lookup("r", CACHED, false, 0),
+            Lookup::Uncached
+        ));
+        // A new reader loads.
+        assert!(matches!(cache.lookup("r", CACHED, true, 0), Lookup::Load));
+        let Lookup::Wait(_) = cache.lookup("r", CACHED, true, 0) else {
+            panic!("a reader that has not waited yet waits");
+        };
+        assert!(matches!(
+            cache.lookup("r", CACHED, false, 0),
+            Lookup::Uncached
+        ));
     }
 }

@@ -410,34 +410,31 @@ impl Store for LocalStore {
         room: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut may_wait = true;
         loop {
             // Bound to a statement of its own: the guard is not held across
             // the awaits below.
-            let lookup = self.history().lookup(room, limit, now_ms());
+            let lookup = self.history().lookup(room, limit, may_wait, now_ms());
             match lookup {
                 Lookup::Hit(messages) => return Ok(messages),
-                Lookup::Read => return self.messages.recent_messages(room, limit).await,
-                // Then look again: hit, or load if that reader failed.
-                Lookup::Wait(load) => load.finished().await,
+                Lookup::Uncached => return self.messages.recent_messages(room, limit).await,
+                // Then look once more: a hit, or a read of its own.
+                Lookup::Wait(load) => {
+                    load.finished().await;
+                    may_wait = false;
+                }
                 Lookup::Load => break,
             }
         }
-        // Given up if this future is dropped mid-read, so that waiters
-        // are not left waiting for a load nobody finishes.
+        // Given up however this ends before it is cached (an error, or this
+        // future dropped mid-read), so that waiters are not left waiting
+        // for a load nobody finishes.
         let mut unfinished = UnfinishedLoad {
             store: self,
             room: Some(room),
         };
-        let read = self.messages.recent_messages(room, CACHED).await;
+        let read = self.messages.recent_messages(room, CACHED).await?;
         unfinished.room = None;
-        let read = match read {
-            Ok(read) => read,
-            Err(error) => {
-                // A later join reads again.
-                self.history().loaded(room, None, false, limit, now_ms());
-                return Err(error);
-            }
-        };
         // Cached only while someone is in the room (see forget_history_of).
         let keep = self.membership().rooms.contains_key(room);
         let merged = self
