@@ -155,7 +155,8 @@ async fn measure<S: Store>(
     // At a person's pace: within half a second of the join, the rate limit
     // would take a second UpdateItem (BENCHMARKS.md).
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let message = r#"{"action":"sendmessage","data":"hello"}"#;
+    // With a nonce, as the web app sends it: stored in the same write.
+    let message = r#"{"action":"sendmessage","data":"hello","nonce":"n-1"}"#;
     assert_eq!(
         chat.handle(event("sendmessage", id, Some(message)))
             .await

@@ -1199,3 +1199,95 @@ async fn a_frame_with_a_key_twice_is_refused_whatever_the_action() {
     );
     expect_nothing_more(&mut ada).await;
 }
+
+/// What an outbox needs from the server, in memory and with every record
+/// in DynamoDB: a message's `nonce` comes back to everyone and from
+/// history, and a refusal names the nonce and says when to try again.
+#[tokio::test]
+async fn nonces_come_back_and_a_rate_limited_message_is_told_when_to_retry() {
+    for store in ["memory", "dynamodb"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with(Options {
+            data_dir: dir.path(),
+            dist: None,
+            dynamodb_endpoint: None,
+            extra: &["--store", store, "--rate-limit", "2", "--rate-burst", "2"],
+        });
+        let (mut ada, _) = server.join("outbox", "Ada").await;
+        let (mut bo, _) = server.join("outbox", "Bo").await;
+        let (mut carol, _) = server.join("outbox", "Carol").await;
+        for presence in ["Bo", "Carol"] {
+            assert_eq!(expect(&mut ada, "presence").await["name"], presence);
+        }
+        expect(&mut bo, "presence").await;
+        let nonce_of = |frame: &serde_json::Value| frame["nonce"].as_str().map(str::to_owned);
+
+        send(
+            &mut ada,
+            json!({"action": "sendmessage", "data": "first", "nonce": "n-1"}),
+        )
+        .await;
+        let mine = expect(&mut ada, "message").await;
+        assert_eq!(nonce_of(&mine).as_deref(), Some("n-1"), "{store}: {mine}");
+        let theirs = expect(&mut bo, "message").await;
+        assert_eq!(nonce_of(&theirs).as_deref(), Some("n-1"), "{store}");
+
+        // Ada's join spent one of two: the next message is one too many.
+        send(
+            &mut ada,
+            json!({"action": "sendmessage", "data": "second", "nonce": "n-2"}),
+        )
+        .await;
+        let refused = expect_error(&mut ada, "rate_limited").await;
+        assert_eq!(
+            nonce_of(&refused).as_deref(),
+            Some("n-2"),
+            "{store}: {refused}"
+        );
+        assert_eq!(refused["action"], "sendmessage", "{store}: {refused}");
+        let wait = refused["retryAfterMs"].as_u64().expect("retryAfterMs");
+        assert!((1..=500).contains(&wait), "{store}: {refused}");
+        // Told when: sent then, it goes through.
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        send(
+            &mut ada,
+            json!({"action": "sendmessage", "data": "second", "nonce": "n-2"}),
+        )
+        .await;
+        let second = expect(&mut ada, "message").await;
+        assert_eq!(
+            nonce_of(&second).as_deref(),
+            Some("n-2"),
+            "{store}: {second}"
+        );
+
+        // History keeps them. (Asked for, not read at a join: a new socket
+        // from this address would start with Ada's spent allowance.)
+        expect(&mut carol, "message").await;
+        expect(&mut carol, "message").await;
+        send(&mut carol, json!({"action": "history"})).await;
+        let page = expect(&mut carol, "history").await;
+        let kept: Vec<_> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["data"].as_str().unwrap().to_owned(), nonce_of(m)))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("first".to_owned(), Some("n-1".to_owned())),
+                ("second".to_owned(), Some("n-2".to_owned()))
+            ],
+            "{store}"
+        );
+        let malformed = json!({"action": "sendmessage", "data": "x", "nonce": "no spaces"});
+        send(&mut bo, malformed).await;
+        expect(&mut bo, "message").await; // Ada's second
+        let refused = expect_error(&mut bo, "bad_request").await;
+        assert!(
+            refused["message"].as_str().unwrap().contains("nonce"),
+            "{refused}"
+        );
+    }
+}

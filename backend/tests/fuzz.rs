@@ -46,6 +46,8 @@ fn string_literal() -> impl Strategy<Value = String> {
             "\u{1b}[31m",
             "é",
             "🎉",
+            "n0nce_-",
+            "nonce-nonce-nonce-nonce-nonce-123",
         ])
         .prop_map(|word| serde_json::to_string(word).unwrap()),
         prop::sample::select(vec![
@@ -104,7 +106,8 @@ fn key() -> impl Strategy<Value = String> {
             r#""room""#,
             r#""name""#,
             r#""data""#,
-            r#""type""#
+            r#""type""#,
+            r#""nonce""#
         ])
         .prop_map(str::to_owned),
         string_literal(),
@@ -121,14 +124,16 @@ fn client_text() -> impl Strategy<Value = String> {
             prop_oneof![string_literal(), json_value()],
             prop_oneof![string_literal(), json_value()],
             prop_oneof![string_literal(), json_value()],
+            prop_oneof![string_literal(), json_value()],
         )
-            .prop_map(|(action, room, name, data, before)| format!(
-                r#"{{"action":{action},"room":{room},"name":{name},"data":{data},"before":{before}}}"#
+            .prop_map(|(action, room, name, data, before, nonce)| format!(
+                r#"{{"action":{action},"room":{room},"name":{name},"data":{data},"before":{before},"nonce":{nonce}}}"#
             )),
         // The valid frames themselves, so the handler's paths are all taken.
         prop::sample::select(vec![
             r#"{"action":"join","room":"fuzz","name":"Fuzzy"}"#,
             r#"{"action":"sendmessage","data":"hello"}"#,
+            r#"{"action":"sendmessage","data":"hello","nonce":"k-1_x"}"#,
             r#"{"action":"leave"}"#,
             r#"{"action":"ping"}"#,
             r#"{"action":"history"}"#,
@@ -286,11 +291,12 @@ fn the_handlers_answer_every_frame() {
                     prop_assert!(answered, "{:?}", sent);
                     joined = true;
                 }
-                Ok(ClientFrame::SendMessage { data }) if joined => {
+                Ok(ClientFrame::SendMessage { data, nonce }) if joined => {
                     prop_assert!(errors.is_empty(), "{:?}", sent);
                     let delivered = matches!(
                         sent.front(),
-                        Some(ServerFrame::Message(message)) if message.data == data
+                        Some(ServerFrame::Message(message))
+                            if message.data == data && message.nonce == nonce
                     );
                     prop_assert!(delivered, "{:?}", sent);
                 }

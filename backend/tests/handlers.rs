@@ -466,6 +466,7 @@ async fn history_pages_back_through_a_room_within_the_frame_limit() {
                 format!("message {i}")
             },
             ts: start + i,
+            nonce: None,
         };
         store.save_message(&message).await.unwrap();
         saved.push(message);

@@ -46,6 +46,7 @@ fn message(room: &str, i: u64) -> ChatMessage {
         name: "Ada".into(),
         data: format!("message {i}"),
         ts,
+        nonce: None,
     }
 }
 
@@ -453,7 +454,7 @@ async fn rate_limit_sequence(store: &impl Store) {
             assert_eq!(connection.room.as_deref(), Some("r"));
             true
         }
-        Admission::Limited => false,
+        Admission::Limited { .. } => false,
         Admission::Unknown => panic!("c1 is recorded"),
     };
     let mut outcomes = Vec::new();
@@ -549,9 +550,12 @@ async fn client_limit_sequence(store: &impl Store) {
             Admission::Admitted(_)
         ));
     }
+    // Told when: the bucket holds 3 and refills one a second.
     assert_eq!(
         store.admit_message("spender", &limits, now).await.unwrap(),
-        Admission::Limited
+        Admission::Limited {
+            retry_after_ms: 1000
+        }
     );
     store.remove_connection("spender").await.unwrap();
     // The handler reads the real clock when it hands on the bucket; these
@@ -600,7 +604,9 @@ async fn client_limit_sequence(store: &impl Store) {
         .unwrap();
     assert_eq!(
         store.admit_message("second", &limits, now).await.unwrap(),
-        Admission::Limited
+        Admission::Limited {
+            retry_after_ms: 1000
+        }
     );
     // A `?room=` join at connect time counts too: refused while empty.
     assert_eq!(

@@ -305,6 +305,7 @@ impl ChatState {
                 code,
                 message,
                 action,
+                ..
             } => {
                 let current = self.joined.get_untracked();
                 // A page of history that was refused is asked for again

@@ -32,6 +32,8 @@ pub fn parse_frame(text: &str) -> Result<ServerFrame, String> {
         more: field(&frame, "more").and_then(|more| more.as_bool()),
         also: list(&frame, "also", |name| name.as_string()),
         action: string(&frame, "action"),
+        retry_after_ms: whole_number(&frame, "retryAfterMs"),
+        nonce: string(&frame, "nonce"),
     };
     ServerFrame::try_from(fields)
 }
@@ -43,6 +45,7 @@ fn message(entry: &JsValue) -> Option<ChatMessage> {
         name: string(entry, "name")?,
         data: string(entry, "data")?,
         ts: whole_number(entry, "ts")?,
+        nonce: string(entry, "nonce"),
     })
 }
 

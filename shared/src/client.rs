@@ -2,7 +2,7 @@
 use serde_json::{Map, Value};
 
 #[cfg(feature = "serde")]
-use crate::limits::MESSAGE_ID_MAX_LEN;
+use crate::limits::{MESSAGE_ID_MAX_LEN, NONCE_MAX_LEN};
 #[cfg(feature = "serde")]
 use crate::{ErrorCode, ProtocolError, check_message_data};
 use crate::{Name, Room};
@@ -12,8 +12,11 @@ use crate::{Name, Room};
 pub enum ClientFrame {
     /// Join `room` as `name`, leaving the current room first.
     Join { room: Room, name: Name },
-    /// Post `data` to the room this connection has joined.
-    SendMessage { data: String },
+    /// Post `data` to the room this connection has joined. `nonce`, the
+    /// client's own id for the message, comes back on it (in the `message`
+    /// frame, in history) and on an `error` refusing it, so a client that
+    /// lost its connection can tell what was posted and never posts twice.
+    SendMessage { data: String, nonce: Option<String> },
     /// Leave the current room and stay connected.
     Leave,
     /// Answered with a `pong`.
@@ -59,8 +62,18 @@ impl ClientFrame {
             "sendmessage" => {
                 let data = string_field(&fields, "data")?;
                 check_message_data(data)?;
+                let nonce = match fields.get("nonce") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(nonce)) if is_nonce(nonce) => Some(nonce.clone()),
+                    Some(_) => {
+                        return Err(ProtocolError::bad_request(format!(
+                            "\"nonce\" must be 1 to {NONCE_MAX_LEN} letters, digits, '_' or '-'"
+                        )));
+                    }
+                };
                 Ok(Self::SendMessage {
                     data: data.to_owned(),
+                    nonce,
                 })
             }
             "leave" => Ok(Self::Leave),
@@ -109,9 +122,13 @@ impl ClientFrame {
                 json.push_str(",\"name\":");
                 push_json_string(&mut json, name.as_str());
             }
-            Self::SendMessage { data } => {
+            Self::SendMessage { data, nonce } => {
                 json.push_str("\"sendmessage\",\"data\":");
                 push_json_string(&mut json, data);
+                if let Some(nonce) = nonce {
+                    json.push_str(",\"nonce\":");
+                    push_json_string(&mut json, nonce);
+                }
             }
             Self::Leave => json.push_str("\"leave\""),
             Self::Ping => json.push_str("\"ping\""),
@@ -236,6 +253,15 @@ fn string_field<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str
     }
 }
 
+/// Whether `nonce` is one a client may put on a message: short, and of a
+/// URL- and key-safe alphabet.
+pub fn is_nonce(nonce: &str) -> bool {
+    (1..=crate::limits::NONCE_MAX_LEN).contains(&nonce.len())
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
 /// Message ids are the server's own (`ids::message_id`): digits, letters and
 /// `-`, so any id a client names is short and printable.
 #[cfg(feature = "serde")]
@@ -273,7 +299,15 @@ mod tests {
         assert_eq!(
             ClientFrame::parse(r#"{"action":"sendmessage","data":"<b>hi</b>"}"#).unwrap(),
             ClientFrame::SendMessage {
-                data: "<b>hi</b>".into()
+                data: "<b>hi</b>".into(),
+                nonce: None
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"action":"sendmessage","data":"hi","nonce":"k3_x-9"}"#).unwrap(),
+            ClientFrame::SendMessage {
+                data: "hi".into(),
+                nonce: Some("k3_x-9".into())
             }
         );
         assert_eq!(
@@ -287,10 +321,26 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_nonce_that_is_not_short_and_plain() {
+        for nonce in [r#""""#, r#""a b""#, r#""é""#, "7", r#"{}"#] {
+            let frame = format!(r#"{{"action":"sendmessage","data":"x","nonce":{nonce}}}"#);
+            let error = ClientFrame::parse(&frame).unwrap_err();
+            assert_eq!(error.code, ErrorCode::BadRequest, "{nonce}");
+            assert!(error.message.contains("nonce"), "{}", error.message);
+        }
+        let long = "n".repeat(crate::limits::NONCE_MAX_LEN + 1);
+        let frame = format!(r#"{{"action":"sendmessage","data":"x","nonce":"{long}"}}"#);
+        assert!(ClientFrame::parse(&frame).is_err());
+    }
+
+    #[test]
     fn ignores_a_room_in_sendmessage() {
         assert_eq!(
             ClientFrame::parse(r#"{"action":"sendmessage","room":"other","data":"x"}"#).unwrap(),
-            ClientFrame::SendMessage { data: "x".into() }
+            ClientFrame::SendMessage {
+                data: "x".into(),
+                nonce: None
+            }
         );
     }
 
@@ -303,9 +353,11 @@ mod tests {
             },
             ClientFrame::SendMessage {
                 data: "line\n\"quoted\" ✓".into(),
+                nonce: None,
             },
             ClientFrame::SendMessage {
                 data: "\\ \u{0}\u{1f}\u{7f}\t\r</script>\u{2028}😀".into(),
+                nonce: Some("Zz09_-".into()),
             },
             ClientFrame::Leave,
             ClientFrame::Ping,
@@ -321,16 +373,23 @@ mod tests {
         assert_eq!(ClientFrame::Ping.to_json(), r#"{"action":"ping"}"#);
         // What serde_json makes of it is what was meant.
         let text = "a\u{1}b\"c\\d\ne";
-        let json = ClientFrame::SendMessage { data: text.into() }.to_json();
+        let json = ClientFrame::SendMessage {
+            data: text.into(),
+            nonce: None,
+        }
+        .to_json();
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"action": "sendmessage", "data": text})
         );
         assert!(
-            ClientFrame::SendMessage { data: "x".into() }
-                .to_json()
-                .contains(r#""action":"sendmessage""#)
+            ClientFrame::SendMessage {
+                data: "x".into(),
+                nonce: None
+            }
+            .to_json()
+            .contains(r#""action":"sendmessage""#)
         );
     }
 

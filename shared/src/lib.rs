@@ -11,7 +11,7 @@ mod client;
 mod server;
 mod validate;
 
-pub use client::ClientFrame;
+pub use client::{ClientFrame, is_nonce};
 pub use server::{ChatMessage, ErrorCode, HistoryEntry, PresenceEvent, ServerFields, ServerFrame};
 pub use validate::{Name, ProtocolError, Room, check_message_data};
 
@@ -35,4 +35,6 @@ pub mod limits {
     pub const HISTORY_LEN: usize = 50;
     /// Longest message id a `history` request may name.
     pub const MESSAGE_ID_MAX_LEN: usize = 64;
+    /// Longest `nonce` a client may put on a message.
+    pub const NONCE_MAX_LEN: usize = 32;
 }

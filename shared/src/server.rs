@@ -65,6 +65,22 @@ pub enum ServerFrame {
             serde(default, skip_serializing_if = "Option::is_none")
         )]
         action: Option<String>,
+        /// On `rate_limited`: how long until the request would be allowed.
+        #[cfg_attr(
+            feature = "serde",
+            serde(
+                default,
+                rename = "retryAfterMs",
+                skip_serializing_if = "Option::is_none"
+            )
+        )]
+        retry_after_ms: Option<u64>,
+        /// The `nonce` of the `sendmessage` refused, if it had one.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        nonce: Option<String>,
     },
     Pong,
     /// To a `history` request: the messages before the one it named, oldest
@@ -88,6 +104,12 @@ pub struct ChatMessage {
     pub data: String,
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
+    /// The sender's own id for it, as its `sendmessage` gave it.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub nonce: Option<String>,
 }
 
 /// One past message in a `joined` frame, shaped exactly like a `message` frame
@@ -132,6 +154,9 @@ pub struct ServerFields {
     pub more: Option<bool>,
     pub also: Option<Vec<String>>,
     pub action: Option<String>,
+    #[cfg_attr(feature = "serde", serde(rename = "retryAfterMs"))]
+    pub retry_after_ms: Option<u64>,
+    pub nonce: Option<String>,
 }
 
 impl TryFrom<ServerFields> for ServerFrame {
@@ -163,6 +188,7 @@ impl TryFrom<ServerFields> for ServerFrame {
                 name: take!(name),
                 data: take!(data),
                 ts: take!(ts),
+                nonce: wire.nonce,
             }),
             "presence" => Self::Presence {
                 event: take!(event),
@@ -176,6 +202,8 @@ impl TryFrom<ServerFields> for ServerFrame {
                 code: take!(code),
                 message: take!(message),
                 action: wire.action,
+                retry_after_ms: wire.retry_after_ms,
+                nonce: wire.nonce,
             },
             "pong" => Self::Pong,
             "history" => Self::History {
@@ -282,6 +310,8 @@ impl ServerFrame {
             code,
             message: message.into(),
             action: None,
+            retry_after_ms: None,
+            nonce: None,
         }
     }
 
@@ -315,6 +345,7 @@ mod tests {
             name: "Ada".into(),
             data: "<script>".into(),
             ts: 1_700_000_000_000,
+            nonce: None,
         }
     }
 
@@ -365,6 +396,24 @@ mod tests {
             as_json(&ServerFrame::error(ErrorCode::NotInRoom, "join first")),
             json!({"type":"error","code":"not_in_room","message":"join first"})
         );
+        assert_eq!(
+            as_json(&ServerFrame::Message(ChatMessage {
+                nonce: Some("k1".into()),
+                ..message()
+            })),
+            json!({"type":"message","id":"0001-a","room":"r","name":"Ada","data":"<script>","ts":1_700_000_000_000u64,"nonce":"k1"})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                action: Some("sendmessage".into()),
+                retry_after_ms: Some(420),
+                nonce: Some("k1".into()),
+            }),
+            json!({"type":"error","code":"rate_limited","message":"slow down",
+                   "action":"sendmessage","retryAfterMs":420,"nonce":"k1"})
+        );
         assert_eq!(as_json(&ServerFrame::Pong), json!({"type":"pong"}));
         assert_eq!(
             as_json(&ServerFrame::History {
@@ -405,5 +454,18 @@ mod tests {
             more: true,
         };
         assert_eq!(ServerFrame::parse(&frame.to_json()).unwrap(), frame);
+        let refusal = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            action: Some("sendmessage".into()),
+            retry_after_ms: Some(420),
+            nonce: Some("k1".into()),
+        };
+        assert_eq!(ServerFrame::parse(&refusal.to_json()).unwrap(), refusal);
+        let mine = ServerFrame::Message(ChatMessage {
+            nonce: Some("k1".into()),
+            ..message()
+        });
+        assert_eq!(ServerFrame::parse(&mine.to_json()).unwrap(), mine);
     }
 }

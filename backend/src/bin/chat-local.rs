@@ -645,15 +645,15 @@ mod tests {
         // 20 000 descriptors: room for HTTP and the server itself first.
         assert_eq!(
             fit_descriptors(None, None, Some(20_000)).unwrap(),
-            (15_648, 4096)
+            (15_584, 4096)
         );
         assert_eq!(
             fit_descriptors(Some(50_000), None, Some(20_000)).unwrap(),
-            (15_648, 4096)
+            (15_584, 4096)
         );
         // A small limit (1024, macOS's 256) still starts, sized to it.
-        assert_eq!(fit_descriptors(None, None, Some(1024)).unwrap(), (576, 192));
-        assert_eq!(fit_descriptors(None, None, Some(512)).unwrap(), (192, 64));
+        assert_eq!(fit_descriptors(None, None, Some(1024)).unwrap(), (528, 176));
+        assert_eq!(fit_descriptors(None, None, Some(512)).unwrap(), (144, 48));
         assert!(fit_descriptors(None, None, Some(256)).is_err());
         assert_eq!(fit_descriptors(Some(10), Some(20), None).unwrap(), (10, 20));
     }

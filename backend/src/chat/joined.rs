@@ -113,6 +113,7 @@ mod tests {
             name: "n".into(),
             data: data.into(),
             ts: i as u64,
+            nonce: None,
         }
     }
 

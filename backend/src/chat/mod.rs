@@ -95,6 +95,9 @@ pub enum ChatError {
     /// The store failed; the client gets an `internal` error.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Over a rate limit; allowed again after `retry_after_ms`.
+    #[error("rate limited for {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
 }
 
 pub struct Chat<S, P> {
@@ -343,9 +346,16 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         frame: Result<ClientFrame, ProtocolError>,
     ) -> ApiGatewayProxyResponse {
         let action = frame.as_ref().ok().map(ClientFrame::action);
+        // A refused message names its nonce, so the client knows which.
+        let nonce = match &frame {
+            Ok(ClientFrame::SendMessage { nonce, .. }) => nonce.clone(),
+            _ => None,
+        };
         let result = match frame {
             Ok(ClientFrame::Join { room, name }) => self.join(connection_id, room, name).await,
-            Ok(ClientFrame::SendMessage { data }) => self.send_message(connection_id, data).await,
+            Ok(ClientFrame::SendMessage { data, nonce }) => {
+                self.send_message(connection_id, data, nonce).await
+            }
             Ok(ClientFrame::Leave) => self.leave(connection_id).await,
             Ok(ClientFrame::History { before }) => self.history(connection_id, before).await,
             Ok(ClientFrame::Ping) => {
@@ -355,17 +365,30 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             Err(error) => Err(error.into()),
         };
         // The refusal names what it refuses, when that is known.
-        let refusal = |code, message: String| ServerFrame::Error {
+        let refusal = |code, message: String, retry_after_ms| ServerFrame::Error {
             code,
             message,
             action: action.map(str::to_owned),
+            retry_after_ms,
+            nonce: nonce.clone(),
         };
         match result {
             Ok(()) => response(200, "ok"),
             Err(ChatError::Protocol(error)) => {
                 tracing::info!(connection_id, route, code = %error.code, "request refused");
-                self.reply(connection_id, &refusal(error.code, error.message))
+                self.reply(connection_id, &refusal(error.code, error.message, None))
                     .await;
+                response(200, "refused")
+            }
+            Err(ChatError::RateLimited { retry_after_ms }) => {
+                tracing::info!(connection_id, route, retry_after_ms, "request rate limited");
+                let frame = refusal(
+                    ErrorCode::RateLimited,
+                    "you are going too fast: this was not done; wait a moment and try again"
+                        .to_owned(),
+                    Some(retry_after_ms),
+                );
+                self.reply(connection_id, &frame).await;
                 response(200, "refused")
             }
             Err(ChatError::Store(error)) => {
@@ -373,6 +396,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 let frame = refusal(
                     ErrorCode::Internal,
                     "the server could not complete the request; try again".to_owned(),
+                    None,
                 );
                 self.reply(connection_id, &frame).await;
                 response(500, "internal error")
@@ -393,7 +417,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .admit_message(connection_id, limits, now_us())
             .await?
         {
-            Admission::Limited => Err(rate_limited()),
+            Admission::Limited { retry_after_ms } => Err(ChatError::RateLimited { retry_after_ms }),
             // Unknown connections are told so by the change itself.
             Admission::Admitted(_) | Admission::Unknown => Ok(()),
         }
@@ -454,7 +478,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .await?
         {
             Admission::Admitted(connection) => connection,
-            Admission::Limited => return Err(rate_limited()),
+            Admission::Limited { retry_after_ms } => {
+                return Err(ChatError::RateLimited { retry_after_ms });
+            }
             Admission::Unknown => return Err(not_in_room()),
         };
         let Some(room) = connection.room else {
@@ -478,7 +504,12 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         Ok(())
     }
 
-    async fn send_message(&self, connection_id: &str, data: String) -> Result<(), ChatError> {
+    async fn send_message(
+        &self,
+        connection_id: &str,
+        data: String,
+        nonce: Option<String>,
+    ) -> Result<(), ChatError> {
         let now_us = now_us();
         let connection = match self
             .store
@@ -486,7 +517,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             .await?
         {
             Admission::Admitted(connection) => connection,
-            Admission::Limited => return Err(rate_limited()),
+            Admission::Limited { retry_after_ms } => {
+                return Err(ChatError::RateLimited { retry_after_ms });
+            }
             Admission::Unknown => return Err(not_in_room()),
         };
         let Some((room, name)) = connection.room.zip(connection.name) else {
@@ -499,6 +532,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             name,
             data,
             ts,
+            nonce,
         };
         self.store.save_message(&message).await?;
         let members = self.store.room_members(&message.room).await?;
@@ -712,14 +746,6 @@ fn recipients_of<'a>(members: &'a [Member], connection_id: &'a str) -> Vec<&'a s
 
 fn not_in_room() -> ChatError {
     ProtocolError::new(ErrorCode::NotInRoom, "join a room first").into()
-}
-
-fn rate_limited() -> ChatError {
-    ProtocolError::new(
-        ErrorCode::RateLimited,
-        "you are going too fast: this was not done; wait a moment and try again",
-    )
-    .into()
 }
 
 fn not_connected() -> ChatError {

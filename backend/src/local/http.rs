@@ -296,7 +296,7 @@ impl Server {
 
 /// How many refused connections may linger at once, per listener (see
 /// [`Server::refuse_busy`]); beyond that they are closed at once.
-pub const MAX_LINGERING: usize = 64;
+pub const MAX_LINGERING: usize = 32;
 /// How long a refused connection lingers at most.
 const LINGER: Duration = Duration::from_secs(2);
 

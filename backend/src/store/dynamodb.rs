@@ -70,7 +70,8 @@ pub type Item = HashMap<String, AttributeValue>;
 enum Gcra {
     /// Counted; the item after it.
     Admitted(Item),
-    Limited,
+    /// Over the limit; allowed again after this long.
+    Limited { retry_after_us: u64 },
     /// No such item (a connection that has gone).
     Missing,
 }
@@ -562,12 +563,13 @@ impl DynamoStore {
             name: required_s(item, "name", table)?.to_owned(),
             data: required_s(item, "data", table)?.to_owned(),
             ts: required_n(item, "ts", table)?,
+            nonce: optional_s(item, "nonce").map(str::to_owned),
         })
     }
 
     /// A message as the messages table stores it.
     pub fn message_item(&self, message: &ChatMessage) -> Item {
-        HashMap::from([
+        let mut item = HashMap::from([
             ("room".to_owned(), s(&message.room)),
             ("id".to_owned(), s(&message.id)),
             ("name".to_owned(), s(&message.name)),
@@ -577,7 +579,12 @@ impl DynamoStore {
                 TTL_ATTRIBUTE.to_owned(),
                 self.expiry(message.ts, self.config.message_ttl),
             ),
-        ])
+        ]);
+        // In the same write: a nonce costs no request, only its bytes.
+        if let Some(nonce) = &message.nonce {
+            item.insert("nonce".to_owned(), s(nonce));
+        }
+        item
     }
 
     /// Writes up to [`BATCH_WRITE_MAX`] message items in one BatchWriteItem,
@@ -688,7 +695,9 @@ impl DynamoStore {
             Err(Some(item)) => required_n(&item, attribute, &self.config.connections_table)?,
         };
         if limit.admit(full_again_us, now_us).is_none() {
-            return Ok(Gcra::Limited);
+            return Ok(Gcra::Limited {
+                retry_after_us: limit.retry_after_us(full_again_us, now_us),
+            });
         }
         let within_burst = self
             .update_if(
@@ -706,7 +715,11 @@ impl DynamoStore {
             Ok(item) => Gcra::Admitted(item),
             Err(None) => Gcra::Missing,
             // Another action of the same key got there first.
-            Err(Some(_)) => Gcra::Limited,
+            Err(Some(item)) => Gcra::Limited {
+                retry_after_us: optional_n(&item, attribute).map_or(limit.interval_us(), |full| {
+                    limit.retry_after_us(full, now_us)
+                }),
+            },
         })
     }
 
@@ -766,7 +779,7 @@ impl Store for DynamoStore {
                     Gcra::Admitted(item) => item,
                     // Missing: deleted between the two updates of a burst
                     // (TTL, an operator); refused this once, not a panic.
-                    Gcra::Limited | Gcra::Missing => return Ok(ClientAdmission::Limited),
+                    Gcra::Limited { .. } | Gcra::Missing => return Ok(ClientAdmission::Limited),
                 }
             }
             None => self
@@ -878,7 +891,7 @@ impl Store for DynamoStore {
                 }
                 self.connection_from_item(&item).map(Admission::Admitted)
             }
-            Gcra::Limited => Ok(Admission::Limited),
+            Gcra::Limited { retry_after_us } => Ok(Admission::limited(retry_after_us)),
             Gcra::Missing => Ok(Admission::Unknown),
         }
     }

@@ -98,6 +98,7 @@ fn size_of(message: &ChatMessage) -> usize {
         + message.room.len()
         + message.name.len()
         + message.data.len()
+        + message.nonce.as_ref().map_or(0, String::len)
 }
 
 impl HistoryCache {
@@ -276,6 +277,7 @@ mod tests {
             name: "Ada".into(),
             data: "x".repeat(bytes),
             ts: i as u64,
+            nonce: None,
         }
     }
 

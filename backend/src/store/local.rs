@@ -295,7 +295,11 @@ impl Store for LocalStore {
             return Ok(Admission::Unknown);
         };
         let Some(connection_next) = admit(&limits.connection, record.full_again_us, now_us) else {
-            return Ok(Admission::Limited);
+            return Ok(Admission::limited(retry_after(
+                &limits.connection,
+                record.full_again_us,
+                now_us,
+            )));
         };
         // Made again if pruned meanwhile: a pruned record was settled,
         // the same as a new one.
@@ -306,7 +310,11 @@ impl Store for LocalStore {
         if let Some(client) = client {
             let Some(client_next) = admit(&limits.client, client.actions_full_again_us, now_us)
             else {
-                return Ok(Admission::Limited);
+                return Ok(Admission::limited(retry_after(
+                    &limits.client,
+                    client.actions_full_again_us,
+                    now_us,
+                )));
             };
             client.actions_full_again_us = client_next;
             // Spent: handed to the address at once, so reconnecting does not
@@ -456,6 +464,13 @@ impl Drop for UnfinishedLoad<'_> {
             self.store.history().loaded(room, None, false, 0, now_ms());
         }
     }
+}
+
+/// How long until a refused action would be allowed by `limit`.
+fn retry_after(limit: &Option<RateLimit>, full_again_us: u64, now_us: u64) -> u64 {
+    limit
+        .as_ref()
+        .map_or(0, |limit| limit.retry_after_us(full_again_us, now_us))
 }
 
 /// The next state of a limit's bucket if an action at `now_us` is within

@@ -109,6 +109,14 @@ impl RateLimit {
             .then(|| full_again.saturating_add(self.interval_us))
     }
 
+    /// How long until an action would be within the limit again, given
+    /// the current full-again time (0 if it is now).
+    pub fn retry_after_us(&self, full_again_us: u64, now_us: u64) -> u64 {
+        full_again_us
+            .saturating_sub(self.tolerance_us)
+            .saturating_sub(now_us)
+    }
+
     pub fn interval_us(&self) -> u64 {
         self.interval_us
     }
@@ -276,10 +284,22 @@ pub enum ClientAdmission {
 pub enum Admission {
     /// Yes; the connection as recorded.
     Admitted(Connection),
-    /// It is over its rate limit: this message is refused.
-    Limited,
+    /// It is over its rate limit: this message is refused, and one would be
+    /// allowed after `retry_after_ms`.
+    Limited { retry_after_ms: u64 },
     /// The connection is not (or no longer) recorded.
     Unknown,
+}
+
+impl Admission {
+    /// Refused for a rate limit that allows the next action in
+    /// `retry_after_us` (rounded up to whole milliseconds, never 0: "now"
+    /// would only be refused again).
+    pub fn limited(retry_after_us: u64) -> Self {
+        Self::Limited {
+            retry_after_ms: retry_after_us.div_ceil(1000).max(1),
+        }
+    }
 }
 
 /// The persistence the chat handlers need, and nothing more.

@@ -319,7 +319,8 @@ fn Composer() -> impl IntoView {
                 });
                 // One's own message is worth seeing arrive.
                 state.follow.set_value(true);
-                chat.outbox.send(ClientFrame::SendMessage { data });
+                chat.outbox
+                    .send(ClientFrame::SendMessage { data, nonce: None });
                 draft.set(String::new());
             }
             Err(error) => state.error.set(Some(error.message)),
