@@ -220,31 +220,132 @@ test('a config.json naming a server that cannot be reached says so', async () =>
   }
 });
 
-test('a message over the rate limit is refused and stays in the composer', async () => {
-  const data = mkdtempSync(join(tmpdir(), 'chat-rate-'));
-  const limited = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0.2', '--rate-burst', '3'] });
+/** The texts of the messages `page` shows, confirmed and on their way. */
+const texts = (page) => log(page).locator('.message .text').allTextContents();
+
+/** Waits until `page` shows exactly `expected` among its messages, in order. */
+async function expectTexts(page, expected, what) {
+  const deadline = Date.now() + 30_000;
+  let shown;
+  do {
+    shown = (await texts(page)).filter((text) => expected.includes(text));
+    if (JSON.stringify(shown) === JSON.stringify(expected)) return;
+    await page.waitForTimeout(100);
+  } while (Date.now() < deadline);
+  assert.deepEqual(shown, expected, what);
+}
+
+test('messages written too fast or offline all go, in order, once each', async () => {
+  const data = mkdtempSync(join(tmpdir(), 'chat-outbox-'));
+  let chat = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '1', '--rate-burst', '3'] });
   try {
-    const eve = await openAs('Eve', 'rate-room', limited.url);
-    for (const text of ['one', 'two', 'three']) {
+    const eve = await openAs('Eve', 'outbox-room', chat.url);
+    const obs = await openAs('Obs', 'outbox-room', chat.url);
+    await members(eve).getByText('Obs', { exact: true }).waitFor(WAIT);
+
+    // Eight at once against a burst of three (the join spent one): every
+    // one is shown at once, none comes back to the composer, and they go
+    // out as the limit allows, told when by the server.
+    const fast = Array.from({ length: 8 }, (_, i) => `fast ${i + 1}`);
+    for (const text of fast) {
       await messageField(eve).fill(text);
       await messageField(eve).press('Enter');
     }
-    await log(eve).getByText('two', { exact: true }).waitFor(WAIT);
-    await eve.getByRole('alert').getByText(/too fast/).waitFor(WAIT);
-    // The refused message is back in the field, ready to send again; it never
-    // reached the room.
-    assert.equal(await messageField(eve).inputValue(), 'three');
-    assert.equal(await log(eve).getByText('three', { exact: true }).count(), 0);
-    // Once a token is back (one per 5 s), it goes, and the error is gone.
-    await eve.waitForTimeout(5200);
-    await messageField(eve).press('Enter');
-    await log(eve).getByText('three', { exact: true }).waitFor(WAIT);
-    await eve.getByRole('alert').waitFor({ state: 'detached', ...WAIT });
+    assert.equal(await messageField(eve).inputValue(), '');
+    await log(eve).getByText(/Sending in \d+ s/).first().waitFor(WAIT);
+    await expectTexts(eve, fast, 'all shown at once, in order');
+    await expectTexts(obs, fast, 'all arrive, in order, once each');
+    await log(eve).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+    assert.equal(await eve.getByRole('alert').count(), 0, 'no error for going too fast');
+
+    // Offline: each Enter keeps its message, shown as waiting.
+    const addr = new URL(chat.url).host;
+    await stopServer(chat.child);
+    await eve.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+    const offline = ['first', 'second', 'third'];
+    for (const text of offline) {
+      await messageField(eve).fill(text);
+      await messageField(eve).press('Enter');
+    }
+    assert.equal(await messageField(eve).inputValue(), '');
+    await expectTexts(eve, offline, 'kept while offline');
+    await log(eve).getByText('Waiting for the connection…').first().waitFor(WAIT);
+    chat = await startServer(addr, { data, extra: ['--rate-limit', '1', '--rate-burst', '3'] });
+    await expectTexts(obs, [...fast, ...offline], 'sent once back, in order, once each');
+    await log(eve).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+    await expectTexts(eve, [...fast, ...offline], 'and confirmed');
     await eve.context().close();
+    await obs.context().close();
   } finally {
-    await stopServer(limited.child);
+    await stopServer(chat.child);
     rmSync(data, { recursive: true, force: true });
   }
+});
+
+test('a message whose answer was lost is not sent again, and one unsent survives a reload', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // First the message's own echo never reaches the page: its socket is
+  // cut just then, after the server has it. Later sockets are refused.
+  let mode = 'cut-echo';
+  let current;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    if (mode === 'refuse') return ws.close();
+    current = ws;
+    const server = ws.connectToServer();
+    server.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (mode === 'cut-echo' && frame.type === 'message' && frame.data === 'answer lost') {
+        mode = 'pass';
+        ws.close();
+        return;
+      }
+      ws.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Lou');
+  await page.getByLabel('Room').fill('lost-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await log(page).waitFor(WAIT);
+  const obs = await openAs('Obs', 'lost-room');
+  await members(page).getByText('Obs', { exact: true }).waitFor(WAIT);
+  await messageField(page).fill('answer lost');
+  await messageField(page).press('Enter');
+  await expectTexts(obs, ['answer lost'], 'the server has it');
+  // Reconnected and rejoined: its history holds the nonce, so nothing is
+  // sent twice, and it shows as one's own.
+  await log(page).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+  await page.getByText('Connected').waitFor({ timeout: 30_000 });
+  await page.waitForTimeout(1500);
+  await expectTexts(obs, ['answer lost'], 'exactly one copy');
+  await expectTexts(page, ['answer lost'], 'exactly one copy here too');
+  const own = log(page).locator('.message', { hasText: 'answer lost' });
+  assert.match(await own.getAttribute('class'), /\bmine\b/);
+
+  // Written while the server cannot be reached, then the page reloaded:
+  // it is kept, and goes once the room is back.
+  mode = 'refuse';
+  current.close();
+  await page.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+  await messageField(page).fill('kept across a reload');
+  await messageField(page).press('Enter');
+  await expectTexts(page, ['answer lost', 'kept across a reload'], 'shown while unreachable');
+  await page.reload();
+  await page.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+  mode = 'pass';
+  await expectTexts(obs, ['answer lost', 'kept across a reload'], 'sent after the reload, once');
+  await expectTexts(page, ['answer lost', 'kept across a reload'], 'and confirmed');
+  // Another person of the same name is not taken for oneself.
+  const twin = await openAs('Lou', 'lost-room');
+  await messageField(twin).fill('the other Lou');
+  await messageField(twin).press('Enter');
+  await expectTexts(page, ['answer lost', 'kept across a reload', 'the other Lou'], 'seen');
+  const theirs = log(page).locator('.message', { hasText: 'the other Lou' });
+  assert.doesNotMatch(await theirs.getAttribute('class'), /\bmine\b/);
+  await twin.context().close();
+  await obs.context().close();
+  await context.close();
 });
 
 test('under API Gateway\'s rules idle tabs stay connected and forced reconnects are quiet', async () => {

@@ -199,3 +199,101 @@ pub fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
 pub fn uppercase(text: &str) -> String {
     js_sys::JsString::from(text).to_upper_case().into()
 }
+
+/// A message's nonce: 16 random characters of the alphabet `shared`
+/// allows. Unique enough to tell one browser's messages apart; not a
+/// secret.
+pub fn new_nonce() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..16)
+        .map(|_| {
+            let at = (js_sys::Math::random() * ALPHABET.len() as f64) as usize;
+            ALPHABET[at.min(ALPHABET.len() - 1)] as char
+        })
+        .collect()
+}
+
+const SENT_KEY: &str = "chat.sent";
+/// How many of this browser's latest nonces are remembered: enough for
+/// every message of its own a room's recent history can show.
+const SENT_REMEMBERED: usize = 500;
+
+/// The nonces of the messages this browser sent lately.
+pub fn sent_nonces() -> Vec<String> {
+    stored(SENT_KEY)
+        .map(|list| {
+            list.split(' ')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn remember_sent(nonce: &str) {
+    let mut nonces = sent_nonces();
+    nonces.push(nonce.to_owned());
+    let excess = nonces.len().saturating_sub(SENT_REMEMBERED);
+    store(SENT_KEY, &nonces[excess..].join(" "));
+}
+
+const OUTBOX_KEY: &str = "chat.outbox";
+
+/// The messages a page of this browser left unsent when it closed (or
+/// reloaded): taken, so that one page, not every open tab, sends them, when
+/// their room is joined again. Saved only as a page goes away, for the
+/// same reason: a live tab's messages are its own.
+pub fn take_saved_outbox() -> Vec<crate::state::Outgoing> {
+    let saved = stored(OUTBOX_KEY);
+    if let Ok(Some(storage)) = window().local_storage() {
+        let _ = storage.remove_item(OUTBOX_KEY);
+    }
+    let Some(saved) = saved.and_then(|text| js_sys::JSON::parse(&text).ok()) else {
+        return Vec::new();
+    };
+    if !js_sys::Array::is_array(&saved) {
+        return Vec::new();
+    }
+    js_sys::Array::from(&saved)
+        .iter()
+        .filter_map(|item| {
+            Some(crate::state::Outgoing {
+                nonce: crate::wire::string(&item, "nonce").filter(|n| shared::is_nonce(n))?,
+                room: crate::wire::string(&item, "room")?,
+                text: crate::wire::string(&item, "text")?,
+                sending: crate::state::Sending::Queued,
+            })
+        })
+        .collect()
+}
+
+/// Leaves `outgoing` for the next page ([`take_saved_outbox`]), with what
+/// an earlier page left and no page took yet.
+pub fn save_outbox(outgoing: &[crate::state::Outgoing]) {
+    let mut all = take_saved_outbox();
+    all.extend(outgoing.iter().cloned());
+    if all.is_empty() {
+        return;
+    }
+    let items = js_sys::Array::new();
+    for o in all.iter().take(crate::state::OUTBOX_MAX) {
+        let item = js_sys::Object::new();
+        for (key, value) in [("nonce", &o.nonce), ("room", &o.room), ("text", &o.text)] {
+            let _ = js_sys::Reflect::set(&item, &key.into(), &value.into());
+        }
+        items.push(&item);
+    }
+    if let Ok(text) = js_sys::JSON::stringify(&items) {
+        store(OUTBOX_KEY, &String::from(text));
+    }
+}
+
+fn stored(key: &str) -> Option<String> {
+    window().local_storage().ok()??.get_item(key).ok()?
+}
+
+fn store(key: &str, value: &str) {
+    if let Ok(Some(storage)) = window().local_storage() {
+        let _ = storage.set_item(key, value);
+    }
+}

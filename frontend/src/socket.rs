@@ -14,7 +14,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{MessageEvent, WebSocket};
 
-use crate::state::{ChatState, Followup, Older, Request, Status};
+use crate::state::{ChatState, Followup, Older, Status};
 use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -28,9 +28,9 @@ const STEADY: Duration = Duration::from_secs(10);
 /// reach.
 const UNREACHABLE_AFTER: u32 = 3;
 
-/// Sends frames to the server. A frame sent while offline is dropped: the UI
-/// only offers actions that need the server while it is online, and every
-/// reconnect rejoins the room anyway.
+/// Sends frames to the server. A frame sent while offline is dropped (every
+/// reconnect rejoins the room anyway), except messages: those wait in the
+/// state's outgoing list until they are confirmed.
 #[derive(Clone, Copy)]
 pub struct Outbox {
     state: ChatState,
@@ -59,6 +59,8 @@ struct Link {
     countdown: Option<Interval>,
     /// A `join` to send again after the server failed one.
     rejoin: Option<Timeout>,
+    /// The next outgoing message's turn, after a rate limit.
+    next_message: Option<Timeout>,
 }
 
 /// Starts the connection for the life of the page.
@@ -90,6 +92,38 @@ impl Outbox {
                 .update_value(|link| link.last_sent = js_sys::Date::now());
         }
         sent
+    }
+
+    /// Writes a message: shown at once, sent as soon as it may go. Whether
+    /// it was taken.
+    pub fn post(&self, text: String) -> bool {
+        let taken = self.state.post(text);
+        self.flush();
+        taken
+    }
+
+    /// Sends the next outgoing message if its turn has come, or sets a
+    /// timer for when it does.
+    pub fn flush(&self) {
+        let outbox = *self;
+        match self.state.next_to_send(crate::browser::now_ms()) {
+            Ok(Some((nonce, data))) => {
+                if !self.send(ClientFrame::SendMessage {
+                    data,
+                    nonce: Some(nonce),
+                }) {
+                    // Offline: it waits for the next `joined`.
+                    self.state.connection_lost();
+                }
+            }
+            Ok(None) => {}
+            Err(at) => {
+                let wait = at.saturating_sub(crate::browser::now_ms()) as u32;
+                let timer = Timeout::new(wait, move || outbox.flush());
+                self.link
+                    .update_value(|link| link.next_message = Some(timer));
+            }
+        }
     }
 
     fn open(self) {
@@ -138,18 +172,13 @@ impl Outbox {
         });
         self.link.update_value(|link| link.steady = Some(steady));
         state.status.set(Status::Online);
-        // Nothing sent on the old socket will be answered on this one: the
-        // oldest unanswered text goes back to the composer, to be sent again.
-        let unanswered = state
+        // Nothing sent on the old socket will be answered on this one.
+        state
             .unanswered
-            .try_update_value(std::mem::take)
-            .unwrap_or_default();
-        if let Some(unsent) = unanswered.into_iter().find_map(|request| match request {
-            Request::Message(text) => Some(text),
-            Request::History => None,
-        }) {
-            state.restore_draft(unsent);
-        }
+            .update_value(std::collections::VecDeque::clear);
+        // Messages on their way wait for the rejoin's history to say
+        // whether they arrived.
+        state.connection_lost();
         if state.older.get_untracked() == Older::Loading {
             state.older.set(Older::Maybe);
         }
@@ -189,13 +218,15 @@ impl Outbox {
 
     fn received(self, text: &str) {
         match wire::parse_frame(text) {
-            Ok(frame) => {
-                if self.state.apply(frame) == Followup::RetryJoin {
+            Ok(frame) => match self.state.apply(frame) {
+                Followup::RetryJoin => {
                     let timer =
                         Timeout::new(JOIN_RETRY.as_millis() as u32, move || self.rejoin_target());
                     self.link.update_value(|link| link.rejoin = Some(timer));
                 }
-            }
+                Followup::Flush => self.flush(),
+                Followup::Nothing => {}
+            },
             Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),
         }
     }
@@ -218,6 +249,7 @@ impl Outbox {
             }
             link.heartbeat = None;
             link.rejoin = None;
+            link.next_message = None;
             link.steady = None;
             link.failures += 1;
             Some(retry_delay(link.failures))

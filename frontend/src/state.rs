@@ -18,9 +18,8 @@ pub enum Status {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// A message, and whether this tab sent it: told by what this tab is
-    /// waiting to have answered, not by name (two people, or two tabs, can
-    /// share one). History from before this page is told by name.
+    /// A message, and whether this browser sent it: told by its nonce,
+    /// never by name (two people, or two tabs, can share one).
     Message(ChatMessage, bool),
     Notice {
         key: u64,
@@ -66,10 +65,10 @@ pub struct ChatState {
     /// Messages that came while the tab was hidden (shown in its title).
     pub unread: RwSignal<usize>,
     /// Requests sent and not yet answered, oldest first: the server answers
-    /// each, in order, with the message itself (or a `history` frame) or an
-    /// error, and a message refused for coming too fast goes back to the
-    /// composer.
+    /// each, in order, with a `history` frame or an error.
     pub unanswered: StoredValue<std::collections::VecDeque<Request>>,
+    /// Messages written here and not yet confirmed, oldest first.
+    pub outgoing: RwSignal<Vec<Outgoing>>,
     seen: StoredValue<BTreeSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
@@ -79,10 +78,9 @@ pub struct ChatState {
     missed: StoredValue<BTreeMap<String, u64>>,
     /// Messages for the room being joined that came before its `joined`.
     early: StoredValue<Vec<ChatMessage>>,
-    /// Ids of the messages this tab sent (since the page loaded).
+    /// Nonces of the messages this browser sent (the latest, remembered
+    /// across reloads).
     sent: StoredValue<BTreeSet<String>>,
-    /// When the page loaded (ms).
-    loaded_at: u64,
     /// The room a `join` was sent for and not yet answered.
     in_flight: StoredValue<Option<String>>,
     /// Whether the log should follow new entries: the reader is at the
@@ -94,14 +92,39 @@ pub struct ChatState {
     pub older_not_before: StoredValue<u64>,
 }
 
+/// A message written here that the server has not confirmed yet: shown in
+/// the log at once, sent in order, and kept until the server's own copy
+/// (found by its nonce) replaces it or the person deletes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub nonce: String,
+    pub room: String,
+    pub text: String,
+    pub sending: Sending,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sending {
+    /// Waiting for its turn, the connection or the room.
+    Queued,
+    /// Sent; its answer has not come.
+    InFlight,
+    /// Refused for going too fast: goes again by itself at this time (ms).
+    After(u64),
+    /// Refused for good, or the server failed after perhaps saving it:
+    /// the person decides (Retry, Delete).
+    Failed,
+}
+
+/// Messages that may wait to be sent at most.
+pub const OUTBOX_MAX: usize = 100;
+
 /// How long after a refused `history` request the next may go.
 const HISTORY_RETRY_MS: u64 = 3_000;
 
 /// A request that the server answers with a frame of its own or an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// A `sendmessage`, with its text.
-    Message(String),
     History,
 }
 
@@ -122,6 +145,8 @@ pub enum Followup {
     Nothing,
     /// Send the `join` for the target room again, after a pause.
     RetryJoin,
+    /// Send the next outgoing message, if it may go.
+    Flush,
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -164,13 +189,13 @@ impl ChatState {
             draft: RwSignal::new(String::new()),
             unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
+            outgoing: RwSignal::new(crate::browser::take_saved_outbox()),
             seen: StoredValue::new(BTreeSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new_local(Vec::new()),
             missed: StoredValue::new(BTreeMap::new()),
             early: StoredValue::new(Vec::new()),
-            sent: StoredValue::new(BTreeSet::new()),
-            loaded_at: crate::browser::now_ms(),
+            sent: StoredValue::new(crate::browser::sent_nonces().into_iter().collect()),
             in_flight: StoredValue::new(None),
             follow: StoredValue::new(true),
             older: RwSignal::new(Older::Maybe),
@@ -223,11 +248,12 @@ impl ChatState {
                 self.count.set(count);
                 self.error.set(None);
                 // After a reconnect this fills in what was missed; what was
-                // already shown is skipped by id.
+                // already shown is skipped by id. A message of ours found
+                // here was posted although its answer never came: it is not
+                // sent again.
                 for HistoryEntry::Message(message) in history {
-                    // Before this page, only the name can tell.
-                    let mine = self.sent.with_value(|sent| sent.contains(&message.id))
-                        || (message.ts < self.loaded_at && self.is_mine(&message));
+                    self.confirm(&message);
+                    let mine = self.is_mine(&message);
                     self.add_message(message, mine);
                 }
                 for message in self
@@ -236,40 +262,33 @@ impl ChatState {
                     .unwrap_or_default()
                 {
                     if self.is_current_room(&message.room) {
-                        let mine = self.sent.with_value(|sent| sent.contains(&message.id));
+                        self.confirm(&message);
+                        let mine = self.is_mine(&message);
                         self.add_message(message, mine);
                     }
                 }
+                return Followup::Flush;
             }
             ServerFrame::Message(message) => {
-                let answered = self.is_mine(&message)
-                    && self
-                        .unanswered
-                        .try_update_value(|unanswered| {
-                            let at = unanswered.iter().position(
-                                |r| matches!(r, Request::Message(d) if *d == message.data),
-                            )?;
-                            unanswered.remove(at)
-                        })
-                        .flatten()
-                        .is_some();
+                let answered = self.confirm(&message);
                 if answered {
-                    self.sent.update_value(|sent| {
-                        sent.insert(message.id.clone());
-                    });
                     // A message of ours went through: an older error no
                     // longer applies.
                     self.error.set(None);
                 }
+                let mine = self.is_mine(&message);
                 if self.is_current_room(&message.room) {
-                    if !answered && crate::browser::tab_hidden() {
+                    if !mine && crate::browser::tab_hidden() {
                         self.unread.update(|n| *n += 1);
                     }
-                    self.add_message(message, answered);
+                    self.add_message(message, mine);
                 } else if self.is_joining(&message.room) {
                     // The server may fan a message out to a joiner before
                     // its `joined`; it is merged in by id once that comes.
                     self.early.update_value(|early| early.push(message));
+                }
+                if answered {
+                    return Followup::Flush;
                 }
             }
             ServerFrame::Presence {
@@ -305,9 +324,14 @@ impl ChatState {
                 code,
                 message,
                 action,
-                ..
+                retry_after_ms,
+                nonce,
             } => {
                 let current = self.joined.get_untracked();
+                // A refused message of ours: it says which.
+                if let Some(nonce) = nonce {
+                    return self.refused(&nonce, code, message, retry_after_ms);
+                }
                 // A page of history that was refused is asked for again
                 // when the reader next reaches the top, after a pause.
                 if action.as_deref() == Some("history") {
@@ -320,37 +344,21 @@ impl ChatState {
                     }
                     return Followup::Nothing;
                 }
+                // A refused message without its nonce (an older server):
+                // the one on its way.
+                if action.as_deref() == Some("sendmessage")
+                    && let Some(nonce) = self.in_flight_nonce()
+                {
+                    return self.refused(&nonce, code, message, retry_after_ms);
+                }
                 self.error.set(Some(message));
                 if matches!(action.as_deref(), None | Some("join"))
                     && let Some(failed) = self.in_flight.try_update_value(Option::take).flatten()
                 {
                     return self.join_failed(&failed, current, code);
                 }
-                // An answer to a send: the oldest one waiting (of any kind
-                // when the server does not say which).
-                let refused = match action.as_deref() {
-                    Some("sendmessage") => {
-                        self.take_unanswered(|r| matches!(r, Request::Message(_)))
-                    }
-                    None if matches!(
-                        code,
-                        ErrorCode::RateLimited
-                            | ErrorCode::TooLarge
-                            | ErrorCode::BadRequest
-                            | ErrorCode::Internal
-                            | ErrorCode::NotInRoom
-                    ) =>
-                    {
-                        self.take_unanswered(|_| true)
-                    }
-                    _ => None,
-                };
-                match refused {
-                    Some(Request::Message(text)) if code == ErrorCode::RateLimited => {
-                        self.restore_draft(text)
-                    }
-                    Some(Request::History) => self.older.set(Older::Maybe),
-                    _ => {}
+                if action.is_none() && self.take_unanswered(|r| *r == Request::History).is_some() {
+                    self.older.set(Older::Maybe);
                 }
                 // The server has lost this tab's membership (a store
                 // outage, a record expired): join again.
@@ -373,6 +381,155 @@ impl ChatState {
             ServerFrame::Pong => {}
         }
         Followup::Nothing
+    }
+
+    /// Writes a message: shown at once, sent when it may go. Whether it was
+    /// taken (the queue is bounded: a browser offline for long cannot pile
+    /// up more than [`OUTBOX_MAX`]).
+    pub fn post(&self, text: String) -> bool {
+        let Some(room) = self
+            .target
+            .with_untracked(|t| t.as_ref().map(|(r, _)| r.to_string()))
+        else {
+            return false;
+        };
+        if self.outgoing.with_untracked(Vec::len) >= OUTBOX_MAX {
+            self.error.set(Some(format!(
+                "{OUTBOX_MAX} messages are waiting to be sent already; this one is kept here until they have gone"
+            )));
+            return false;
+        }
+        let nonce = crate::browser::new_nonce();
+        self.sent.update_value(|sent| {
+            sent.insert(nonce.clone());
+        });
+        crate::browser::remember_sent(&nonce);
+        self.outgoing.update(|outgoing| {
+            outgoing.push(Outgoing {
+                nonce,
+                room,
+                text,
+                sending: Sending::Queued,
+            })
+        });
+        true
+    }
+
+    /// The next message to send now, marked as on its way: the oldest of
+    /// the current room that is not refused for good, if its turn has come
+    /// and none is on its way already (one at a time keeps the order,
+    /// whatever the server refuses). Otherwise, when the next may go (ms).
+    pub fn next_to_send(&self, now_ms: u64) -> Result<Option<(String, String)>, u64> {
+        let Some(room) = self
+            .joined
+            .with_untracked(|j| j.as_ref().map(|j| j.room.clone()))
+        else {
+            return Ok(None);
+        };
+        let mut next = Ok(None);
+        self.outgoing.update(|outgoing| {
+            let Some(first) = outgoing
+                .iter_mut()
+                .find(|o| o.room == room && o.sending != Sending::Failed)
+            else {
+                return;
+            };
+            match first.sending {
+                Sending::InFlight => {}
+                Sending::After(at) if at > now_ms => next = Err(at),
+                Sending::Queued | Sending::After(_) => {
+                    first.sending = Sending::InFlight;
+                    next = Ok(Some((first.nonce.clone(), first.text.clone())));
+                }
+                Sending::Failed => unreachable!("skipped above"),
+            }
+        });
+        next
+    }
+
+    /// The connection is gone: what was on its way may or may not have
+    /// arrived. It waits for the next `joined`, whose history says.
+    pub fn connection_lost(&self) {
+        self.outgoing.update(|outgoing| {
+            for o in outgoing
+                .iter_mut()
+                .filter(|o| o.sending == Sending::InFlight)
+            {
+                o.sending = Sending::Queued;
+            }
+        });
+    }
+
+    /// Sends a message refused for good again (the person's Retry).
+    pub fn retry(&self, nonce: &str) {
+        self.outgoing.update(|outgoing| {
+            if let Some(o) = outgoing.iter_mut().find(|o| o.nonce == nonce) {
+                o.sending = Sending::Queued;
+            }
+        });
+        self.error.set(None);
+    }
+
+    /// Drops a message that was not sent (the person's Delete).
+    pub fn discard(&self, nonce: &str) {
+        self.outgoing
+            .update(|outgoing| outgoing.retain(|o| o.nonce != nonce));
+    }
+
+    fn in_flight_nonce(&self) -> Option<String> {
+        self.outgoing.with_untracked(|outgoing| {
+            outgoing
+                .iter()
+                .find(|o| o.sending == Sending::InFlight)
+                .map(|o| o.nonce.clone())
+        })
+    }
+
+    /// The server has `message`: if it is one of ours waiting, it is done.
+    fn confirm(&self, message: &ChatMessage) -> bool {
+        let Some(nonce) = &message.nonce else {
+            return false;
+        };
+        let mut found = false;
+        self.outgoing.update(|outgoing| {
+            let before = outgoing.len();
+            outgoing.retain(|o| o.nonce != *nonce);
+            found = outgoing.len() != before;
+        });
+        found
+    }
+
+    /// The server refused our message `nonce`.
+    fn refused(
+        &self,
+        nonce: &str,
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: Option<u64>,
+    ) -> Followup {
+        let sending = match code {
+            // It goes again by itself when allowed.
+            ErrorCode::RateLimited => {
+                Sending::After(crate::browser::now_ms() + retry_after_ms.unwrap_or(1_000))
+            }
+            // The membership was lost: it goes once the room is joined again.
+            ErrorCode::NotInRoom => Sending::Queued,
+            _ => {
+                self.error.set(Some(message));
+                Sending::Failed
+            }
+        };
+        self.outgoing.update(|outgoing| {
+            if let Some(o) = outgoing.iter_mut().find(|o| o.nonce == nonce) {
+                o.sending = sending;
+            }
+        });
+        match code {
+            ErrorCode::NotInRoom if self.joined.with_untracked(Option::is_some) => {
+                Followup::RetryJoin
+            }
+            _ => Followup::Flush,
+        }
     }
 
     /// A `join` for `room` was answered with an error.
@@ -403,14 +560,6 @@ impl ChatState {
                 crate::browser::set_fragment(Some(&current.room), crate::browser::Entry::Replace);
                 Followup::Nothing
             }
-        }
-    }
-
-    /// Puts a text that was not sent back in the composer, unless the user
-    /// is typing something else.
-    pub fn restore_draft(&self, text: String) {
-        if self.draft.with_untracked(String::is_empty) {
-            self.draft.set(text);
         }
     }
 
@@ -540,11 +689,12 @@ impl ChatState {
         });
     }
 
-    /// A message sent under this tab's name (by it, another tab, or
-    /// someone else of the same name).
+    /// A message this browser sent, by its nonce.
     fn is_mine(&self, message: &ChatMessage) -> bool {
-        self.joined
-            .with_untracked(|j| j.as_ref().is_some_and(|j| j.name == message.name))
+        message
+            .nonce
+            .as_ref()
+            .is_some_and(|nonce| self.sent.with_value(|sent| sent.contains(nonce)))
     }
 
     /// Whether `room` is the one a `join` has been sent for.
@@ -567,8 +717,7 @@ impl ChatState {
                     .unwrap_or(false)
             })
             .map(|message| {
-                let mine = self.sent.with_value(|sent| sent.contains(&message.id))
-                    || (message.ts < self.loaded_at && self.is_mine(&message));
+                let mine = self.is_mine(&message);
                 Entry::Message(message, mine)
             })
             .collect();

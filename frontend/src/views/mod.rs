@@ -97,6 +97,14 @@ pub fn App() -> impl IntoView {
     let follow = chat.clone();
     let _ = window_event_listener(leptos::ev::hashchange, move |_| follow.follow_fragment());
 
+    // Messages not sent yet outlive the page (a reload, a closed tab): the
+    // next page of this browser sends them.
+    let _ = window_event_listener(leptos::ev::pagehide, move |_| {
+        state
+            .outgoing
+            .with_untracked(|outgoing| browser::save_outbox(outgoing));
+    });
+
     // The title names the room, and counts what came while the tab was
     // hidden; looking at it again clears the count.
     let _ = window_event_listener(leptos::ev::visibilitychange, move |_| {

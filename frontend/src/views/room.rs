@@ -5,7 +5,7 @@ use shared::{ClientFrame, check_message_data, limits::DATA_MAX_BYTES};
 
 use super::{Chat, ConnectionStatus};
 use crate::browser;
-use crate::state::{Entry, Older, Request, Status};
+use crate::state::{Entry, Older, Outgoing, Request, Sending, Status};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -85,6 +85,19 @@ fn MessageLog() -> impl IntoView {
                 .update_value(|unanswered| unanswered.push_back(Request::History));
         }
     };
+    // Ours on their way, in this room.
+    let waiting = move || {
+        let room = state
+            .joined
+            .with(|j| j.as_ref().map(|j| j.room.clone()).unwrap_or_default());
+        state.outgoing.with(|outgoing| {
+            outgoing
+                .iter()
+                .filter(|o| o.room == room)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    };
     let to_bottom = move || {
         if let Some(log) = log_ref.get_untracked() {
             log.set_scroll_top(log.scroll_height());
@@ -123,6 +136,13 @@ fn MessageLog() -> impl IntoView {
             unseen.update(|n| *n += new_messages);
         }
     });
+    // Writing one's own follows it down, as a new message would.
+    Effect::new(move |_| {
+        state.outgoing.track();
+        if state.follow.get_value() {
+            to_bottom();
+        }
+    });
     let on_scroll = move |_| {
         if let Some(log) = log_ref.get_untracked() {
             from_bottom.set_value(log.scroll_height() - log.scroll_top());
@@ -149,7 +169,7 @@ fn MessageLog() -> impl IntoView {
         </Show>
         <div class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref
             on:scroll=on_scroll>
-            <Show when=move || state.log.with(Vec::is_empty)>
+            <Show when=move || state.log.with(Vec::is_empty) && waiting().is_empty()>
                 <div class="empty">"No messages yet. Say hello!"</div>
             </Show>
             <div class="older">
@@ -189,7 +209,48 @@ fn MessageLog() -> impl IntoView {
                     }.into_any(),
                 }}
             </For>
+            <For each=waiting key=|o| (o.nonce.clone(), o.sending) let:o>
+                <OutgoingMessage outgoing=o />
+            </For>
         </div>
+        </div>
+    }
+}
+
+/// A message of ours on its way, or refused: in the log, after the
+/// confirmed ones, until the server's copy replaces it.
+#[component]
+fn OutgoingMessage(outgoing: Outgoing) -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let state = chat.state;
+    let failed = outgoing.sending == Sending::Failed;
+    let status = move || match outgoing.sending {
+        Sending::Failed => "Not sent".to_owned(),
+        _ if state.status.get() != Status::Online => "Waiting for the connection…".to_owned(),
+        Sending::After(at) => {
+            let seconds = at.saturating_sub(browser::now_ms()).div_ceil(1000).max(1);
+            format!("Sending in {seconds} s…")
+        }
+        Sending::Queued | Sending::InFlight => "Sending…".to_owned(),
+    };
+    let (retry_nonce, delete_nonce) = (outgoing.nonce.clone(), outgoing.nonce.clone());
+    view! {
+        <div class="message mine outgoing" class:failed=failed>
+            <p class="text">{message_text(&outgoing.text)}</p>
+            <p class="sending">
+                <span>{status}</span>
+                {failed.then(|| view! {
+                    " "
+                    <button type="button" class="link" on:click=move |_| {
+                        state.retry(&retry_nonce);
+                        chat.outbox.flush();
+                    }>"Retry"</button>
+                    " "
+                    <button type="button" class="link" on:click=move |_| state.discard(&delete_nonce)>
+                        "Delete"
+                    </button>
+                })}
+            </p>
         </div>
     }
 }
@@ -284,7 +345,6 @@ fn Composer() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     let draft = state.draft;
-    let online = move || state.status.get() == Status::Online;
     let too_long = move || draft.with(|d| d.len() > DATA_MAX_BYTES);
     // Bytes, as the limit counts them; shown once a message nears it.
     let counter = move || {
@@ -314,14 +374,12 @@ fn Composer() -> impl IntoView {
         }
         match check_message_data(&data) {
             Ok(()) => {
-                state.unanswered.update_value(|unanswered| {
-                    unanswered.push_back(Request::Message(data.clone()))
-                });
                 // One's own message is worth seeing arrive.
                 state.follow.set_value(true);
-                chat.outbox
-                    .send(ClientFrame::SendMessage { data, nonce: None });
-                draft.set(String::new());
+                // Online or not: it waits in the log until it has gone.
+                if chat.outbox.post(data) {
+                    draft.set(String::new());
+                }
             }
             Err(error) => state.error.set(Some(error.message)),
         }
@@ -352,7 +410,7 @@ fn Composer() -> impl IntoView {
                 on:keydown=on_key
                 aria-invalid=move || too_long().to_string()
                 aria-describedby="message-counter" node_ref=field></textarea>
-            <button type="submit" disabled=move || !online() || too_long()>"Send"</button>
+            <button type="submit" disabled=too_long>"Send"</button>
             <p id="message-counter" class="counter" class:over=too_long>
                 {counter}
             </p>
