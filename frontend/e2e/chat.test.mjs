@@ -282,6 +282,57 @@ test('messages written too fast or offline all go, in order, once each', async (
   }
 });
 
+test('messages waiting in one room never go to the room switched to', async () => {
+  const inB = await openAs('Obs', 'switch-b');
+  const inA = await openAs('Ann', 'switch-a');
+  const context = await browser.newContext();
+  const eve = await context.newPage();
+  // The answer to Eve's first message is held back until her switch to
+  // #switch-b has gone to the server: the moment when the next message,
+  // sent then, would land in #switch-b.
+  let held = null;
+  await eve.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      server.send(text);
+      const frame = JSON.parse(text);
+      if (frame.action === 'join' && frame.room === 'switch-b' && held) {
+        ws.send(held);
+        held = null;
+      }
+    });
+    server.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.type === 'message' && frame.data === 'a1' && held === null && !frame.held) {
+        held = JSON.stringify({ ...frame, held: true });
+        return;
+      }
+      ws.send(text);
+    });
+  });
+  await eve.goto(base);
+  await eve.getByLabel('Name').fill('Eve');
+  await eve.getByLabel('Room').fill('switch-a');
+  await eve.getByRole('button', { name: 'Join' }).click();
+  await log(eve).waitFor(WAIT);
+  const waiting = ['a1', 'a2', 'a3'];
+  for (const text of waiting) {
+    await messageField(eve).fill(text);
+    await messageField(eve).press('Enter');
+  }
+  await expectTexts(inA, ['a1'], 'the first is posted');
+  await eve.evaluate(() => { location.hash = '#switch-b'; });
+  await members(eve).getByText('Obs', { exact: true }).waitFor(WAIT);
+  await eve.waitForTimeout(1500);
+  assert.deepEqual((await texts(inB)).filter((t) => waiting.includes(t)), [], 'none went to #switch-b');
+  // Back in the room they were written in, they go.
+  await eve.evaluate(() => { location.hash = '#switch-a'; });
+  await expectTexts(inA, waiting, 'all of them, in #switch-a, in order');
+  await context.close();
+  await inB.context().close();
+  await inA.context().close();
+});
+
 test('a message whose answer was lost is not sent again, and one unsent survives a reload', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -19,6 +19,9 @@ use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(15);
+/// How long a message's answer may take before the room is joined again to
+/// find out whether it arrived.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
 /// A join the server failed is sent again after this long.
 const JOIN_RETRY: Duration = Duration::from_secs(3);
 /// A connection that stays up this long ends the backoff: one that a server
@@ -61,6 +64,9 @@ struct Link {
     rejoin: Option<Timeout>,
     /// The next outgoing message's turn, after a rate limit.
     next_message: Option<Timeout>,
+    /// The message on its way gets its answer by then, or the room is
+    /// joined again, whose history says whether it arrived.
+    answer_deadline: Option<Timeout>,
 }
 
 /// Starts the connection for the life of the page.
@@ -108,13 +114,25 @@ impl Outbox {
         let outbox = *self;
         match self.state.next_to_send(crate::browser::now_ms()) {
             Ok(Some((nonce, data))) => {
-                if !self.send(ClientFrame::SendMessage {
+                let sent = self.send(ClientFrame::SendMessage {
                     data,
-                    nonce: Some(nonce),
-                }) {
+                    nonce: Some(nonce.clone()),
+                });
+                if !sent {
                     // Offline: it waits for the next `joined`.
                     self.state.connection_lost();
+                    return;
                 }
+                // An answer that never comes (a failed function on AWS, a
+                // lost push) must not hold every later message back.
+                let deadline = Timeout::new(ANSWER_DEADLINE.as_millis() as u32, move || {
+                    if outbox.state.is_in_flight(&nonce) {
+                        outbox.state.connection_lost();
+                        outbox.rejoin_target();
+                    }
+                });
+                self.link
+                    .update_value(|link| link.answer_deadline = Some(deadline));
             }
             Ok(None) => {}
             Err(at) => {
@@ -250,6 +268,7 @@ impl Outbox {
             link.heartbeat = None;
             link.rejoin = None;
             link.next_message = None;
+            link.answer_deadline = None;
             link.steady = None;
             link.failures += 1;
             Some(retry_delay(link.failures))

@@ -387,9 +387,11 @@ impl ChatState {
     /// taken (the queue is bounded: a browser offline for long cannot pile
     /// up more than [`OUTBOX_MAX`]).
     pub fn post(&self, text: String) -> bool {
+        // The room the person is looking at, even while a switch is on its
+        // way.
         let Some(room) = self
-            .target
-            .with_untracked(|t| t.as_ref().map(|(r, _)| r.to_string()))
+            .joined
+            .with_untracked(|j| j.as_ref().map(|j| j.room.clone()))
         else {
             return false;
         };
@@ -426,6 +428,12 @@ impl ChatState {
         else {
             return Ok(None);
         };
+        // Nothing goes while a join is on its way: the server would post it
+        // to the room being joined, and after a reconnect only the rejoin's
+        // history can tell whether what was on its way had arrived.
+        if self.in_flight.with_value(Option::is_some) {
+            return Ok(None);
+        }
         let mut next = Ok(None);
         self.outgoing.update(|outgoing| {
             let Some(first) = outgoing
@@ -476,6 +484,15 @@ impl ChatState {
             .update(|outgoing| outgoing.retain(|o| o.nonce != nonce));
     }
 
+    /// Whether message `nonce` is still on its way (its answer not come).
+    pub fn is_in_flight(&self, nonce: &str) -> bool {
+        self.outgoing.with_untracked(|outgoing| {
+            outgoing
+                .iter()
+                .any(|o| o.nonce == nonce && o.sending == Sending::InFlight)
+        })
+    }
+
     fn in_flight_nonce(&self) -> Option<String> {
         self.outgoing.with_untracked(|outgoing| {
             outgoing
@@ -509,9 +526,9 @@ impl ChatState {
     ) -> Followup {
         let sending = match code {
             // It goes again by itself when allowed.
-            ErrorCode::RateLimited => {
-                Sending::After(crate::browser::now_ms() + retry_after_ms.unwrap_or(1_000))
-            }
+            ErrorCode::RateLimited => Sending::After(
+                crate::browser::now_ms() + retry_after_ms.unwrap_or(1_000).clamp(250, 60_000),
+            ),
             // The membership was lost: it goes once the room is joined again.
             ErrorCode::NotInRoom => Sending::Queued,
             _ => {

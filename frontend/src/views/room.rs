@@ -5,7 +5,7 @@ use shared::{ClientFrame, check_message_data, limits::DATA_MAX_BYTES};
 
 use super::{Chat, ConnectionStatus};
 use crate::browser;
-use crate::state::{Entry, Older, Outgoing, Request, Sending, Status};
+use crate::state::{Entry, Older, Request, Sending, Status};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -209,8 +209,8 @@ fn MessageLog() -> impl IntoView {
                     }.into_any(),
                 }}
             </For>
-            <For each=waiting key=|o| (o.nonce.clone(), o.sending) let:o>
-                <OutgoingMessage outgoing=o />
+            <For each=waiting key=|o| o.nonce.clone() let:o>
+                <OutgoingMessage nonce=o.nonce text=o.text />
             </For>
         </div>
         </div>
@@ -220,11 +220,23 @@ fn MessageLog() -> impl IntoView {
 /// A message of ours on its way, or refused: in the log, after the
 /// confirmed ones, until the server's copy replaces it.
 #[component]
-fn OutgoingMessage(outgoing: Outgoing) -> impl IntoView {
+fn OutgoingMessage(nonce: String, text: String) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    let failed = outgoing.sending == Sending::Failed;
-    let status = move || match outgoing.sending {
+    // Read as it changes: the row stays (and a focused Retry keeps focus).
+    let sending = {
+        let nonce = nonce.clone();
+        Memo::new(move |_| {
+            state.outgoing.with(|outgoing| {
+                outgoing
+                    .iter()
+                    .find(|o| o.nonce == nonce)
+                    .map_or(Sending::Queued, |o| o.sending)
+            })
+        })
+    };
+    let failed = move || sending.get() == Sending::Failed;
+    let status = move || match sending.get() {
         Sending::Failed => "Not sent".to_owned(),
         _ if state.status.get() != Status::Online => "Waiting for the connection…".to_owned(),
         Sending::After(at) => {
@@ -233,23 +245,28 @@ fn OutgoingMessage(outgoing: Outgoing) -> impl IntoView {
         }
         Sending::Queued | Sending::InFlight => "Sending…".to_owned(),
     };
-    let (retry_nonce, delete_nonce) = (outgoing.nonce.clone(), outgoing.nonce.clone());
+    let actions = move || {
+        failed().then(|| {
+            let (retry, delete) = (nonce.clone(), nonce.clone());
+            view! {
+                " "
+                <button type="button" class="link" on:click=move |_| {
+                    state.retry(&retry);
+                    chat.outbox.flush();
+                }>"Retry"</button>
+                " "
+                <button type="button" class="link" on:click=move |_| state.discard(&delete)>
+                    "Delete"
+                </button>
+            }
+        })
+    };
     view! {
         <div class="message mine outgoing" class:failed=failed>
-            <p class="text">{message_text(&outgoing.text)}</p>
+            <p class="text">{message_text(&text)}</p>
             <p class="sending">
                 <span>{status}</span>
-                {failed.then(|| view! {
-                    " "
-                    <button type="button" class="link" on:click=move |_| {
-                        state.retry(&retry_nonce);
-                        chat.outbox.flush();
-                    }>"Retry"</button>
-                    " "
-                    <button type="button" class="link" on:click=move |_| state.discard(&delete_nonce)>
-                        "Delete"
-                    </button>
-                })}
+                {actions}
             </p>
         </div>
     }
