@@ -578,10 +578,10 @@ test('a join the server fails is not left hanging', async () => {
 });
 
 /** Joins `room` as `name` on a bare WebSocket (no app) and sends each text. */
-async function postAs(name, room, texts) {
+async function postAs(name, room, texts, server = base) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(`${base}/healthz`);
+  await page.goto(`${server}/healthz`);
   const error = await page.evaluate(async ({ url, name, room, texts }) => {
     const ws = new WebSocket(url);
     const frames = [];
@@ -598,10 +598,89 @@ async function postAs(name, room, texts) {
     if (!await until(mine)) return `not all sent: ${JSON.stringify(frames)}`;
     ws.close();
     return null;
-  }, { url: `${base.replace('http', 'ws')}/ws`, name, room, texts });
+  }, { url: `${server.replace('http', 'ws')}/ws`, name, room, texts });
   await context.close();
   assert.equal(error, null);
 }
+
+/** `prefix1` … `prefixN`, from `from`. */
+const numbered = (prefix, from, to) => Array.from({ length: to - from + 1 }, (_, i) => `${prefix}${from + i}`);
+
+test('missed messages are filled in after a dropped connection, and the room says what is new', async () => {
+  const data = mkdtempSync(join(tmpdir(), 'chat-gap-'));
+  const chat = await startServer('127.0.0.1:0', { data, extra: ['--rate-limit', '0'] });
+  try {
+    const context = await browser.newContext();
+    const eve = await context.newPage();
+    let refuse = false;
+    let current;
+    await eve.routeWebSocket(/\/ws/, (ws) => {
+      if (refuse) return ws.close();
+      current = ws;
+      ws.connectToServer();
+    });
+    await eve.goto(chat.url);
+    await eve.getByLabel('Name').fill('Eve');
+    await eve.getByLabel('Room').fill('gap-room');
+    await eve.getByRole('button', { name: 'Join' }).click();
+    await log(eve).waitFor(WAIT);
+    await postAs('Pam', 'gap-room', numbered('m', 1, 29), chat.url);
+    await expectTexts(eve, numbered('m', 1, 29), 'seen live');
+
+    // Away while 91 are posted, more than a joined frame's 50: the rest
+    // are fetched, none is skipped, nothing is marked missing.
+    refuse = true;
+    current.close();
+    await eve.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+    await postAs('Pam', 'gap-room', numbered('m', 30, 120), chat.url);
+    refuse = false;
+    await expectTexts(eve, numbered('m', 1, 120), 'every message, in order, once');
+    assert.equal(await log(eve).locator('.gap').count(), 0);
+
+    // Away while 560 are posted: 500 are fetched by themselves, the gap
+    // before them says so and loads the rest when asked.
+    refuse = true;
+    current.close();
+    await eve.getByText(/Offline|Connecting/).first().waitFor(WAIT);
+    await postAs('Pam', 'gap-room', numbered('m', 121, 680), chat.url);
+    refuse = false;
+    const gap = log(eve).getByRole('separator', { name: 'Missed messages' });
+    await gap.getByRole('button', { name: 'Load them' }).waitFor({ timeout: 30_000 });
+    await expectTexts(eve, [...numbered('m', 1, 120), ...numbered('m', 131, 680)], 'the latest 550');
+    await gap.getByRole('button', { name: 'Load them' }).click();
+    await gap.waitFor({ state: 'detached', ...WAIT });
+    await expectTexts(eve, numbered('m', 1, 680), 'and then all of them');
+
+    // What came while the person was in another room is marked as new,
+    // after a reload too.
+    await eve.evaluate(() => { location.hash = '#elsewhere'; });
+    await log(eve).getByText('m680').waitFor({ state: 'detached', ...WAIT });
+    await postAs('Pam', 'gap-room', ['n1', 'n2'], chat.url);
+    await eve.evaluate(() => { location.hash = '#gap-room'; });
+    const divider = log(eve).getByRole('separator', { name: 'New since you were here' });
+    await divider.waitFor(WAIT);
+    const after = await divider.evaluate((d) => d.nextElementSibling?.textContent ?? '');
+    assert.match(after, /n1/, 'the divider stands before the first new message');
+    await eve.evaluate(() => { location.hash = '#elsewhere'; });
+    await log(eve).getByText('n2').waitFor({ state: 'detached', ...WAIT });
+    await postAs('Pam', 'gap-room', ['n3'], chat.url);
+    await eve.reload();
+    await log(eve).waitFor(WAIT);
+    await eve.evaluate(() => { location.hash = '#gap-room'; });
+    await divider.waitFor(WAIT);
+    assert.match(await divider.evaluate((d) => d.nextElementSibling?.textContent ?? ''), /n3/);
+    // Nothing new: no divider, even as messages arrive live.
+    await eve.reload();
+    await log(eve).getByText('n3').waitFor(WAIT);
+    await postAs('Pam', 'gap-room', ['n4'], chat.url);
+    await log(eve).getByText('n4').waitFor(WAIT);
+    assert.equal(await divider.count(), 0);
+    await context.close();
+  } finally {
+    await stopServer(chat.child);
+    rmSync(data, { recursive: true, force: true });
+  }
+});
 
 for (const [device, options] of Object.entries(DEVICES)) test(`${device}: a long conversation scrolls inside the screen, and reading older messages is not interrupted`, async () => {
   const room = `long-${device}`;

@@ -297,3 +297,35 @@ fn store(key: &str, value: &str) {
         let _ = storage.set_item(key, value);
     }
 }
+
+const READ_KEY: &str = "chat.read";
+/// How many rooms' read marks are remembered (the latest visited).
+const READ_REMEMBERED: usize = 100;
+
+/// `room=id` pairs, latest first (neither has spaces or `=`).
+fn read_marks() -> Vec<(String, String)> {
+    stored(READ_KEY)
+        .map(|list| {
+            list.split(' ')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(room, id)| (room.to_owned(), id.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The id of the newest message this browser had read in `room`.
+pub fn last_read(room: &str) -> Option<String> {
+    read_marks()
+        .into_iter()
+        .find_map(|(r, id)| (r == room).then_some(id))
+}
+
+pub fn save_last_read(room: &str, id: &str) {
+    let mut marks = read_marks();
+    marks.retain(|(r, _)| r != room);
+    marks.insert(0, (room.to_owned(), id.to_owned()));
+    marks.truncate(READ_REMEMBERED);
+    let list: Vec<String> = marks.iter().map(|(r, id)| format!("{r}={id}")).collect();
+    store(READ_KEY, &list.join(" "));
+}

@@ -14,7 +14,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{MessageEvent, WebSocket};
 
-use crate::state::{ChatState, Followup, Older, Status};
+use crate::state::{ChatState, Followup, Older, Request, Status};
 use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -67,6 +67,8 @@ struct Link {
     /// The message on its way gets its answer by then, or the room is
     /// joined again, whose history says whether it arrived.
     answer_deadline: Option<Timeout>,
+    /// The next page of missed messages, after a rate limit.
+    next_gap_page: Option<Timeout>,
 }
 
 /// Starts the connection for the life of the page.
@@ -106,6 +108,20 @@ impl Outbox {
         let taken = self.state.post(text);
         self.flush();
         taken
+    }
+
+    /// Asks for the next page of the missed messages being filled in, if
+    /// none is on its way.
+    pub fn fill_gap(&self) {
+        if let Some((key, before)) = self.state.next_gap_request()
+            && self.send(ClientFrame::History {
+                before: Some(before),
+            })
+        {
+            self.state
+                .unanswered
+                .update_value(|unanswered| unanswered.push_back(Request::Gap(key)));
+        }
     }
 
     /// Sends the next outgoing message if its turn has come, or sets a
@@ -242,7 +258,15 @@ impl Outbox {
                         Timeout::new(JOIN_RETRY.as_millis() as u32, move || self.rejoin_target());
                     self.link.update_value(|link| link.rejoin = Some(timer));
                 }
-                Followup::Flush => self.flush(),
+                Followup::Flush => {
+                    self.fill_gap();
+                    self.flush();
+                }
+                Followup::FillGapAfter(wait) => {
+                    let timer = Timeout::new(wait as u32, move || self.fill_gap());
+                    self.link
+                        .update_value(|link| link.next_gap_page = Some(timer));
+                }
                 Followup::Nothing => {}
             },
             Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),
@@ -269,6 +293,7 @@ impl Outbox {
             link.rejoin = None;
             link.next_message = None;
             link.answer_deadline = None;
+            link.next_gap_page = None;
             link.steady = None;
             link.failures += 1;
             Some(retry_delay(link.failures))

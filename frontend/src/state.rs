@@ -26,6 +26,10 @@ pub enum Entry {
         text: String,
         ts: u64,
     },
+    /// Messages this tab missed (it was away, or the room moved on while
+    /// it was closed), not in the log yet: they belong where this stands.
+    /// What is known about them is in [`ChatState::gaps`] under `key`.
+    Gap { key: u64, ts: u64 },
 }
 
 impl Entry {
@@ -33,9 +37,31 @@ impl Entry {
         match self {
             Self::Message(message, _) => message.id.clone(),
             Self::Notice { key, .. } => format!("notice-{key}"),
+            Self::Gap { key, .. } => format!("gap-{key}"),
+        }
+    }
+
+    pub fn ts(&self) -> u64 {
+        match self {
+            Self::Message(message, _) => message.ts,
+            Self::Notice { ts, .. } | Self::Gap { ts, .. } => *ts,
         }
     }
 }
+
+/// Messages missing between two in the log: after `after` and before
+/// `before` (ids, which sort as the messages were stored).
+#[derive(Clone, Debug)]
+struct Gap {
+    after: String,
+    before: String,
+    /// How many have been fetched into it since it was last asked for.
+    fetched: usize,
+}
+
+/// How many missed messages are fetched without asking: past that, the gap
+/// is shown with a button to load the rest.
+pub const CATCH_UP_MAX: usize = 500;
 
 /// The room this tab is in, as the server confirmed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +114,16 @@ pub struct ChatState {
     pub follow: StoredValue<bool>,
     /// Whether the room has messages older than the log's first.
     pub older: RwSignal<Older>,
+    /// The log's gaps, by key: see [`Entry::Gap`].
+    gaps: StoredValue<BTreeMap<u64, Gap>>,
+    /// The gap being filled, if one is: no message of ours is sent
+    /// meanwhile, since it may hold one whose answer never came.
+    pub filling: RwSignal<Option<u64>>,
+    /// The newest message this tab had read when it came into the room (as
+    /// this browser last left it): the first after it is marked new.
+    pub read_mark: RwSignal<Option<String>>,
+    /// The newest message the reader has had in view since.
+    read_up_to: StoredValue<Option<String>>,
     /// No `history` request before this (ms): one was refused.
     pub older_not_before: StoredValue<u64>,
 }
@@ -125,7 +161,10 @@ const HISTORY_RETRY_MS: u64 = 3_000;
 /// A request that the server answers with a frame of its own or an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
+    /// Older messages, for the top of the log.
     History,
+    /// Missed messages, for the gap with this key.
+    Gap(u64),
 }
 
 /// What is known of the messages before the log's first.
@@ -145,8 +184,12 @@ pub enum Followup {
     Nothing,
     /// Send the `join` for the target room again, after a pause.
     RetryJoin,
-    /// Send the next outgoing message, if it may go.
+    /// Fill the gap being filled, then send the next outgoing message, if
+    /// either may go.
     Flush,
+    /// Ask for the gap's next page after this many milliseconds: the last
+    /// ask was refused for going too fast.
+    FillGapAfter(u64),
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -200,6 +243,10 @@ impl ChatState {
             follow: StoredValue::new(true),
             older: RwSignal::new(Older::Maybe),
             older_not_before: StoredValue::new(0),
+            gaps: StoredValue::new(BTreeMap::new()),
+            filling: RwSignal::new(None),
+            read_mark: RwSignal::new(None),
+            read_up_to: StoredValue::new(None),
         }
     }
 
@@ -228,18 +275,24 @@ impl ChatState {
                 let same_room = self
                     .joined
                     .with_untracked(|joined| joined.as_ref().is_some_and(|j| j.room == room));
-                if !same_room {
-                    self.log.set(Vec::new());
-                    self.seen.update_value(BTreeSet::clear);
-                    self.pending.update_value(Vec::clear);
-                    self.missed.update_value(BTreeMap::clear);
+                // Where the log had got to: messages after it and before the
+                // history's first were missed.
+                let known = if same_room {
+                    // A rejoin after this tab's own reconnect.
+                    self.note_missed(&members);
+                    self.last_message_id()
+                } else {
+                    // The room being left is read up to where it was.
+                    self.save_read();
+                    self.forget_log();
                     self.follow.set_value(true);
                     self.older
                         .set(if more { Older::Maybe } else { Older::None });
-                } else {
-                    // A rejoin after this tab's own reconnect.
-                    self.note_missed(&members);
-                }
+                    let mark = crate::browser::last_read(&room);
+                    self.read_mark.set(mark.clone());
+                    mark
+                };
+                let oldest = history.first().map(|HistoryEntry::Message(m)| (m.id.clone(), m.ts));
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
                 crate::browser::remember_room(&room);
@@ -267,6 +320,26 @@ impl ChatState {
                         self.add_message(message, mine);
                     }
                 }
+                // Older messages than the history's, newer than the log's
+                // last (or than this browser last read): a gap to fill.
+                if more
+                    && let (Some(known), Some((oldest, ts))) = (known, oldest)
+                    && oldest > known
+                {
+                    self.open_gap(known, oldest, ts);
+                }
+                // Only what is news on arrival is marked as news.
+                if let Some(mark) = self.read_mark.get_untracked()
+                    && !self.log.with_untracked(|log| {
+                        log.iter().any(|e| {
+                            matches!(e, Entry::Message(m, false) if m.id > mark)
+                                || matches!(e, Entry::Gap { .. })
+                        })
+                    })
+                {
+                    self.read_mark.set(None);
+                }
+                self.mark_read_if_seen();
                 return Followup::Flush;
             }
             ServerFrame::Message(message) => {
@@ -282,6 +355,7 @@ impl ChatState {
                         self.unread.update(|n| *n += 1);
                     }
                     self.add_message(message, mine);
+                    self.mark_read_if_seen();
                 } else if self.is_joining(&message.room) {
                     // The server may fan a message out to a joiner before
                     // its `joined`; it is merged in by id once that comes.
@@ -332,17 +406,15 @@ impl ChatState {
                 if let Some(nonce) = nonce {
                     return self.refused(&nonce, code, message, retry_after_ms);
                 }
-                // A page of history that was refused is asked for again
-                // when the reader next reaches the top, after a pause.
+                // A page of history that was refused: one for the top is
+                // asked for again when the reader next reaches it, after a
+                // pause; missed messages as soon as the server allows.
                 if action.as_deref() == Some("history") {
-                    self.take_unanswered(|r| *r == Request::History);
-                    self.older_not_before
-                        .set_value(crate::browser::now_ms() + HISTORY_RETRY_MS);
-                    self.older.set(Older::Maybe);
+                    let request = self.take_unanswered();
                     if code == ErrorCode::NotInRoom && current.is_some() {
                         return Followup::RetryJoin;
                     }
-                    return Followup::Nothing;
+                    return self.history_refused(request, code, retry_after_ms);
                 }
                 // A refused message without its nonce (an older server):
                 // the one on its way.
@@ -357,8 +429,11 @@ impl ChatState {
                 {
                     return self.join_failed(&failed, current, code);
                 }
-                if action.is_none() && self.take_unanswered(|r| *r == Request::History).is_some() {
-                    self.older.set(Older::Maybe);
+                if action.is_none()
+                    && self.unanswered.with_value(|u| !u.is_empty())
+                {
+                    let request = self.take_unanswered();
+                    self.history_refused(request, code, None);
                 }
                 // The server has lost this tab's membership (a store
                 // outage, a record expired): join again.
@@ -371,11 +446,18 @@ impl ChatState {
                 messages,
                 more,
             } => {
-                self.take_unanswered(|r| *r == Request::History);
-                if self.is_current_room(&room) {
-                    self.add_older(messages.into_iter().map(|HistoryEntry::Message(m)| m));
-                    self.older
-                        .set(if more { Older::Maybe } else { Older::None });
+                let request = self.take_unanswered();
+                if !self.is_current_room(&room) {
+                    return Followup::Nothing;
+                }
+                let messages = messages.into_iter().map(|HistoryEntry::Message(m)| m);
+                match request {
+                    Some(Request::Gap(key)) => return self.fill_gap(key, messages.collect(), more),
+                    Some(Request::History) | None => {
+                        self.add_older(messages);
+                        self.older
+                            .set(if more { Older::Maybe } else { Older::None });
+                    }
                 }
             }
             ServerFrame::Pong => {}
@@ -431,7 +513,7 @@ impl ChatState {
         // Nothing goes while a join is on its way: the server would post it
         // to the room being joined, and after a reconnect only the rejoin's
         // history can tell whether what was on its way had arrived.
-        if self.in_flight.with_value(Option::is_some) {
+        if self.in_flight.with_value(Option::is_some) || self.filling.get_untracked().is_some() {
             return Ok(None);
         }
         let mut next = Ok(None);
@@ -678,16 +760,14 @@ impl ChatState {
     }
 
     pub fn clear_room(&self) {
+        self.save_read();
         if let Some(joined) = self.joined.get_untracked() {
             self.last_room.set(Some(joined.room));
         }
         self.joined.set(None);
         self.members.set(Vec::new());
         self.count.set(0);
-        self.log.set(Vec::new());
-        self.seen.update_value(BTreeSet::clear);
-        self.pending.update_value(Vec::clear);
-        self.missed.update_value(BTreeMap::clear);
+        self.forget_log();
         self.early.update_value(Vec::clear);
     }
 
@@ -750,7 +830,7 @@ impl ChatState {
         self.log.with_untracked(|log| {
             log.iter().find_map(|entry| match entry {
                 Entry::Message(message, _) => Some(message.id.clone()),
-                Entry::Notice { .. } => None,
+                _ => None,
             })
         })
     }
@@ -765,15 +845,193 @@ impl ChatState {
         }
     }
 
-    /// Removes and returns the oldest unanswered request that `which`
-    /// picks.
-    fn take_unanswered(&self, which: impl Fn(&Request) -> bool) -> Option<Request> {
+    /// Removes and returns the oldest unanswered request: the one the
+    /// server's next answer is for.
+    fn take_unanswered(&self) -> Option<Request> {
         self.unanswered
-            .try_update_value(|unanswered| {
-                let at = unanswered.iter().position(&which)?;
-                unanswered.remove(at)
-            })
+            .try_update_value(std::collections::VecDeque::pop_front)
             .flatten()
+    }
+
+    /// A `history` request was refused (or failed).
+    fn history_refused(
+        &self,
+        request: Option<Request>,
+        code: ErrorCode,
+        retry_after_ms: Option<u64>,
+    ) -> Followup {
+        match request {
+            Some(Request::Gap(_)) if code == ErrorCode::RateLimited => Followup::FillGapAfter(
+                retry_after_ms.unwrap_or(1_000).clamp(250, 60_000),
+            ),
+            // Anything else stops the filling: the gap offers to try again,
+            // and messages of ours may go.
+            Some(Request::Gap(_)) => {
+                self.filling.set(None);
+                Followup::Flush
+            }
+            Some(Request::History) | None => {
+                self.older_not_before
+                    .set_value(crate::browser::now_ms() + HISTORY_RETRY_MS);
+                self.older.set(Older::Maybe);
+                Followup::Nothing
+            }
+        }
+    }
+
+    /// Marks the messages between `after` and `before` (the id and time of
+    /// a message in the log) as missed, and starts filling them in.
+    fn open_gap(&self, after: String, before: String, ts: u64) {
+        let key = self.next_notice_key();
+        let mut opened = false;
+        self.log.update(|log| {
+            if let Some(at) = log.iter().position(|e| e.key() == before) {
+                log.insert(at, Entry::Gap { key, ts });
+                opened = true;
+            }
+        });
+        if opened {
+            self.gaps.update_value(|gaps| {
+                gaps.insert(
+                    key,
+                    Gap {
+                        after,
+                        before,
+                        fetched: 0,
+                    },
+                );
+            });
+            self.filling.set(Some(key));
+        }
+    }
+
+    /// The next page to ask for to fill the gap being filled: its key and
+    /// the message it ends before. None while a page is on its way.
+    pub fn next_gap_request(&self) -> Option<(u64, String)> {
+        let key = self.filling.get_untracked()?;
+        if self
+            .unanswered
+            .with_value(|u| u.contains(&Request::Gap(key)))
+        {
+            return None;
+        }
+        let before = self
+            .gaps
+            .with_value(|gaps| gaps.get(&key).map(|gap| gap.before.clone()));
+        if before.is_none() {
+            // Trimmed out of the log meanwhile.
+            self.filling.set(None);
+        }
+        before.map(|before| (key, before))
+    }
+
+    /// The person asks for the rest of gap `key`.
+    pub fn resume_gap(&self, key: u64) {
+        self.gaps.update_value(|gaps| {
+            if let Some(gap) = gaps.get_mut(&key) {
+                gap.fetched = 0;
+            }
+        });
+        self.filling.set(Some(key));
+    }
+
+    /// A page of the messages before gap `key`'s end, oldest first: those
+    /// after its start go into it. It closes once a page reaches back to its
+    /// start (or to the room's first message).
+    fn fill_gap(&self, key: u64, messages: Vec<ChatMessage>, more: bool) -> Followup {
+        let Some(mut gap) = self.gaps.with_value(|gaps| gaps.get(&key).cloned()) else {
+            self.filling.set(None);
+            return Followup::Flush;
+        };
+        let reached = !more || messages.first().is_none_or(|m| m.id <= gap.after);
+        if let Some(first) = messages.first() {
+            gap.before = first.id.clone();
+        }
+        gap.fetched += messages.len();
+        let missed: Vec<Entry> = messages
+            .into_iter()
+            .filter(|m| m.id > gap.after)
+            .filter(|m| {
+                self.seen
+                    .try_update_value(|seen| seen.insert(m.id.clone()))
+                    .unwrap_or(false)
+            })
+            .map(|m| {
+                // A message of ours that arrived although its answer never
+                // came: it is not sent again.
+                self.confirm(&m);
+                let mine = self.is_mine(&m);
+                Entry::Message(m, mine)
+            })
+            .collect();
+        let mut present = false;
+        self.log.update(|log| {
+            let Some(at) = log.iter().position(|e| matches!(e, Entry::Gap { key: k, .. } if *k == key)) else {
+                return;
+            };
+            present = true;
+            if reached {
+                log.remove(at);
+                log.splice(at..at, missed);
+            } else {
+                log.splice(at + 1..at + 1, missed);
+            }
+        });
+        if reached || !present {
+            self.gaps.update_value(|gaps| {
+                gaps.remove(&key);
+            });
+            self.filling.set(None);
+            return Followup::Flush;
+        }
+        let enough = gap.fetched >= CATCH_UP_MAX;
+        self.gaps.update_value(|gaps| {
+            gaps.insert(key, gap);
+        });
+        if enough {
+            // The rest waits for the person to ask; what we wrote goes.
+            self.filling.set(None);
+        }
+        Followup::Flush
+    }
+
+    /// The id of the log's last message.
+    fn last_message_id(&self) -> Option<String> {
+        self.log.with_untracked(|log| {
+            log.iter().rev().find_map(|entry| match entry {
+                Entry::Message(message, _) => Some(message.id.clone()),
+                _ => None,
+            })
+        })
+    }
+
+    /// The reader has the log's newest message in view, if they are at the
+    /// bottom and the tab is in sight.
+    pub fn mark_read_if_seen(&self) {
+        if self.follow.get_value() && !crate::browser::tab_hidden() {
+            self.read_up_to.set_value(self.last_message_id());
+        }
+    }
+
+    /// Remembers, for this browser, how far the current room was read.
+    pub fn save_read(&self) {
+        let room = self
+            .joined
+            .with_untracked(|j| j.as_ref().map(|j| j.room.clone()));
+        if let (Some(room), Some(id)) = (room, self.read_up_to.get_value()) {
+            crate::browser::save_last_read(&room, &id);
+        }
+    }
+
+    /// Empties the log, and everything kept about its entries.
+    fn forget_log(&self) {
+        self.log.set(Vec::new());
+        self.seen.update_value(BTreeSet::clear);
+        self.pending.update_value(Vec::clear);
+        self.missed.update_value(BTreeMap::clear);
+        self.gaps.update_value(BTreeMap::clear);
+        self.filling.set(None);
+        self.read_up_to.set_value(None);
     }
 
     fn push(&self, entry: Entry) {

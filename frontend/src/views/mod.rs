@@ -99,17 +99,23 @@ pub fn App() -> impl IntoView {
 
     // Messages not sent yet outlive the page (a reload, a closed tab): the
     // next page of this browser sends them.
+    // So is how far each room was read.
     let _ = window_event_listener(leptos::ev::pagehide, move |_| {
         state
             .outgoing
             .with_untracked(|outgoing| browser::save_outbox(outgoing));
+        state.save_read();
     });
 
     // The title names the room, and counts what came while the tab was
-    // hidden; looking at it again clears the count.
+    // hidden; looking at it again clears the count. Hidden is the last
+    // moment a phone surely gives a page before discarding it.
     let _ = window_event_listener(leptos::ev::visibilitychange, move |_| {
-        if !browser::tab_hidden() {
+        if browser::tab_hidden() {
+            state.save_read();
+        } else {
             state.unread.set(0);
+            state.mark_read_if_seen();
         }
     });
     Effect::new(move |_| {

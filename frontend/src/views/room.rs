@@ -103,6 +103,7 @@ fn MessageLog() -> impl IntoView {
             log.set_scroll_top(log.scroll_height());
         }
         state.follow.set_value(true);
+        state.mark_read_if_seen();
         unseen.set(0);
     };
     Effect::new(move |_| {
@@ -153,6 +154,7 @@ fn MessageLog() -> impl IntoView {
             state.follow.set_value(near);
             if near {
                 unseen.set(0);
+                state.mark_read_if_seen();
             }
         }
     };
@@ -173,7 +175,9 @@ fn MessageLog() -> impl IntoView {
                 <div class="empty">"No messages yet. Say hello!"</div>
             </Show>
             <div class="older">
+                // Above a gap, the gap's own button says what is missing.
                 {move || match state.older.get() {
+                    _ if state.log.with(|log| matches!(log.first(), Some(Entry::Gap { .. }))) => ().into_any(),
                     Older::Maybe => view! {
                         <button type="button" class="secondary" on:click=move |_| load_older()>
                             "Load older messages"
@@ -185,8 +189,11 @@ fn MessageLog() -> impl IntoView {
                     }.into_any(),
                 }}
             </div>
-            <For each=move || rows(&state.log.read()) key=Row::key let:row>
+            <For each=move || rows(&state.log.read(), state.read_mark.read().as_deref()) key=Row::key let:row>
                 {row.day.map(|day| view! { <div class="day" role="separator">{day}</div> })}
+                {row.new_since.then(|| view! {
+                    <div class="new-since" role="separator" aria-label="New since you were here">"New since you were here"</div>
+                })}
                 {match row.entry {
                     Entry::Message(message, mine) => {
                         let grouped = row.grouped;
@@ -207,12 +214,38 @@ fn MessageLog() -> impl IntoView {
                             <time datetime=browser::iso_time(ts)>{browser::clock_time(ts)}</time>
                         </div>
                     }.into_any(),
+                    Entry::Gap { key, .. } => view! { <MissedMessages key /> }.into_any(),
                 }}
             </For>
             <For each=waiting key=|o| o.nonce.clone() let:o>
                 <OutgoingMessage nonce=o.nonce text=o.text />
             </For>
         </div>
+        </div>
+    }
+}
+
+/// Where messages this tab missed belong: filled in by itself (up to
+/// [`crate::state::CATCH_UP_MAX`]), then on request.
+#[component]
+fn MissedMessages(key: u64) -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let state = chat.state;
+    let loading = move || state.filling.get() == Some(key);
+    view! {
+        <div class="gap" role="separator" aria-label="Missed messages">
+            {move || if loading() {
+                view! { <span>"Loading missed messages…"</span> }.into_any()
+            } else {
+                view! {
+                    <span>"Missed messages"</span>
+                    " "
+                    <button type="button" class="secondary" on:click=move |_| {
+                        state.resume_gap(key);
+                        chat.outbox.fill_gap();
+                    }>"Load them"</button>
+                }.into_any()
+            }}
         </div>
     }
 }
@@ -280,23 +313,35 @@ struct Row {
     entry: Entry,
     grouped: bool,
     day: Option<String>,
+    /// The first message that came after the reader was last here.
+    new_since: bool,
 }
 
 impl Row {
     fn key(&self) -> String {
-        format!("{}{}{}", self.entry.key(), self.grouped, self.day.is_some())
+        format!(
+            "{}{}{}{}",
+            self.entry.key(),
+            self.grouped,
+            self.day.is_some(),
+            self.new_since
+        )
     }
 }
 
 /// Messages this close together from one person read as one group.
 const GROUP_MS: u64 = 5 * 60 * 1000;
 
-fn rows(log: &[Entry]) -> Vec<Row> {
+fn rows(log: &[Entry], read_mark: Option<&str>) -> Vec<Row> {
     let mut rows = Vec::with_capacity(log.len());
     let mut previous: Option<&Entry> = None;
+    let mut marked = read_mark.is_none();
     for entry in log {
-        let ts = entry_ts(entry);
-        let new_day = previous.is_none_or(|p| !browser::same_day(entry_ts(p), ts));
+        let ts = entry.ts();
+        let new_since = !marked
+            && matches!((entry, read_mark), (Entry::Message(m, false), Some(mark)) if m.id.as_str() > mark);
+        marked |= new_since;
+        let new_day = previous.is_none_or(|p| !browser::same_day(p.ts(), ts));
         let grouped = !new_day
             && matches!((previous, entry),
                 (Some(Entry::Message(before, was_mine)), Entry::Message(message, mine))
@@ -307,17 +352,11 @@ fn rows(log: &[Entry]) -> Vec<Row> {
             entry: entry.clone(),
             grouped,
             day: new_day.then(|| browser::day_label(ts)),
+            new_since,
         });
         previous = Some(entry);
     }
     rows
-}
-
-fn entry_ts(entry: &Entry) -> u64 {
-    match entry {
-        Entry::Message(message, _) => message.ts,
-        Entry::Notice { ts, .. } => *ts,
-    }
 }
 
 /// A message's text with its web addresses as links: built as DOM nodes,
