@@ -1,6 +1,7 @@
 //! Small wrappers over the browser APIs the app uses.
 
-use wasm_bindgen::JsValue;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
 
 const NAME_KEY: &str = "chat.name";
 
@@ -107,16 +108,33 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-/// `HH:MM` in the browser's time zone, after the day for a time not today
-/// (`Mon 24 Nov, 14:05`; history reaches back 30 days).
+/// `HH:MM` in the browser's time zone (the log's day headings say the
+/// day).
 pub fn clock_time(ts_ms: u64) -> String {
     let date = date(ts_ms);
-    let time = format!("{:02}:{:02}", date.get_hours(), date.get_minutes());
-    if same_day(ts_ms, now_ms()) {
-        time
+    format!("{:02}:{:02}", date.get_hours(), date.get_minutes())
+}
+
+/// The day and the time, `Mon 24 Nov 2026, 14:05`: for a time's tooltip.
+pub fn full_time(ts_ms: u64) -> String {
+    let year = date(ts_ms).get_full_year();
+    let day = day_name(ts_ms);
+    let day = if day.ends_with(&year.to_string()) {
+        day
     } else {
-        format!("{}, {time}", day_name(ts_ms))
-    }
+        format!("{day} {year}")
+    };
+    format!("{day}, {}", clock_time(ts_ms))
+}
+
+/// Whether the main pointer is a finger (a phone, a tablet): there is no
+/// Shift+Enter there, so Return makes a new line and a button sends.
+pub fn touch_first() -> bool {
+    window()
+        .match_media("(pointer: coarse)")
+        .ok()
+        .flatten()
+        .is_some_and(|query| query.matches())
 }
 
 /// Whether two instants fall on the same day where the browser is.
@@ -268,12 +286,40 @@ pub fn take_saved_outbox() -> Vec<crate::state::Outgoing> {
 }
 
 /// Leaves `outgoing` for the next page ([`take_saved_outbox`]), with what
-/// an earlier page left and no page took yet.
-pub fn save_outbox(outgoing: &[crate::state::Outgoing]) {
+/// an earlier page left and no page took yet. Whether it was saved.
+pub fn save_outbox(outgoing: &[crate::state::Outgoing]) -> bool {
     let mut all = take_saved_outbox();
-    all.extend(outgoing.iter().cloned());
+    for o in outgoing {
+        if !all.iter().any(|a| a.nonce == o.nonce) {
+            all.push(o.clone());
+        }
+    }
+    write_outbox(&all)
+}
+
+/// This page is back in sight (or back from the back-forward cache) after
+/// [`save_outbox`]: of `nonces`, those still saved are its own again, and
+/// are returned; the others were taken by a page opened meanwhile, which
+/// sends them.
+pub fn reclaim_outbox(nonces: &[String]) -> Vec<String> {
+    if stored(OUTBOX_KEY).is_none() && window().local_storage().ok().flatten().is_none() {
+        // Storage cannot be read: nothing can have been taken from it.
+        return nonces.to_vec();
+    }
+    let mut all = take_saved_outbox();
+    let mine: Vec<String> = all
+        .iter()
+        .filter(|o| nonces.contains(&o.nonce))
+        .map(|o| o.nonce.clone())
+        .collect();
+    all.retain(|o| !mine.contains(&o.nonce));
+    write_outbox(&all);
+    mine
+}
+
+fn write_outbox(all: &[crate::state::Outgoing]) -> bool {
     if all.is_empty() {
-        return;
+        return true;
     }
     let items = js_sys::Array::new();
     for o in all.iter().take(crate::state::OUTBOX_MAX) {
@@ -283,19 +329,16 @@ pub fn save_outbox(outgoing: &[crate::state::Outgoing]) {
         }
         items.push(&item);
     }
-    if let Ok(text) = js_sys::JSON::stringify(&items) {
-        store(OUTBOX_KEY, &String::from(text));
-    }
+    js_sys::JSON::stringify(&items).is_ok_and(|text| store(OUTBOX_KEY, &String::from(text)))
 }
 
 fn stored(key: &str) -> Option<String> {
     window().local_storage().ok()??.get_item(key).ok()?
 }
 
-fn store(key: &str, value: &str) {
-    if let Ok(Some(storage)) = window().local_storage() {
-        let _ = storage.set_item(key, value);
-    }
+/// Whether it was stored (a full or forbidden storage refuses).
+fn store(key: &str, value: &str) -> bool {
+    matches!(window().local_storage(), Ok(Some(storage)) if storage.set_item(key, value).is_ok())
 }
 
 const READ_KEY: &str = "chat.read";
@@ -328,4 +371,36 @@ pub fn save_last_read(room: &str, id: &str) {
     marks.truncate(READ_REMEMBERED);
     let list: Vec<String> = marks.iter().map(|(r, id)| format!("{r}={id}")).collect();
     store(READ_KEY, &list.join(" "));
+}
+
+/// Whether the element with the focus has `class`.
+pub fn focused_has_class(class: &str) -> bool {
+    window()
+        .document()
+        .and_then(|document| document.active_element())
+        .is_some_and(|element| element.class_name().split_whitespace().any(|c| c == class))
+}
+
+/// Calls back whenever an element's size changes, until dropped.
+pub struct OnResize {
+    observer: web_sys::ResizeObserver,
+    _callback: Closure<dyn FnMut(JsValue)>,
+}
+
+impl OnResize {
+    pub fn new(element: &web_sys::Element, mut resized: impl FnMut() + 'static) -> Option<Self> {
+        let callback = Closure::<dyn FnMut(JsValue)>::new(move |_| resized());
+        let observer = web_sys::ResizeObserver::new(callback.as_ref().unchecked_ref()).ok()?;
+        observer.observe(element);
+        Some(Self {
+            observer,
+            _callback: callback,
+        })
+    }
+}
+
+impl Drop for OnResize {
+    fn drop(&mut self) {
+        self.observer.disconnect();
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use gloo_timers::callback::{Interval, Timeout};
+use gloo_timers::callback::Timeout;
 use leptos::prelude::*;
 use shared::ClientFrame;
 use wasm_bindgen::closure::Closure;
@@ -58,8 +58,6 @@ struct Link {
     heartbeat: Option<Timeout>,
     /// The next attempt while offline.
     retry: Option<Timeout>,
-    /// The seconds shown until then.
-    countdown: Option<Interval>,
     /// A `join` to send again after the server failed one.
     rejoin: Option<Timeout>,
     /// The next outgoing message's turn, after a rate limit.
@@ -299,27 +297,24 @@ impl Outbox {
             Some(retry_delay(link.failures))
         });
         let Some(delay) = delay.flatten() else { return };
-        let mut left = (delay.as_millis() as u32).div_ceil(1000).max(1);
-        self.state.status.set(Status::Offline(left));
-        // The attempt goes at the jittered instant itself, not when the
-        // countdown reaches zero: rounded up to whole seconds, every delay
-        // past the first second would lose its jitter, and tabs that lost
-        // the server together would come back together.
-        let countdown = Interval::new(1000, move || {
-            left = left.saturating_sub(1).max(1);
-            self.state.status.set(Status::Offline(left));
-        });
+        self.state.status.set(Status::Offline);
         let attempt = Timeout::new(delay.as_millis() as u32, move || {
-            self.link.update_value(|link| {
-                link.retry = None;
-                link.countdown = None;
-            });
+            self.link.update_value(|link| link.retry = None);
             self.open();
         });
-        self.link.update_value(|link| {
-            link.retry = Some(attempt);
-            link.countdown = Some(countdown);
-        });
+        self.link.update_value(|link| link.retry = Some(attempt));
+    }
+
+    /// Tries again now instead of at the next attempt's time: the person
+    /// asked, or the browser says the network is back.
+    pub fn retry_now(&self) {
+        let waiting = self
+            .link
+            .try_update_value(|link| link.retry.take().is_some())
+            .unwrap_or(false);
+        if waiting {
+            self.open();
+        }
     }
 }
 

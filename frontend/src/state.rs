@@ -12,8 +12,8 @@ const LOG_LIMIT: usize = 500;
 pub enum Status {
     Connecting,
     Online,
-    /// Waiting to reconnect; the number is seconds until the next attempt.
-    Offline(u32),
+    /// Waiting to try again.
+    Offline,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,9 +21,11 @@ pub enum Entry {
     /// A message, and whether this browser sent it: told by its nonce,
     /// never by name (two people, or two tabs, can share one).
     Message(ChatMessage, bool),
+    /// Someone came or went.
     Notice {
         key: u64,
-        text: String,
+        name: String,
+        event: PresenceEvent,
         ts: u64,
     },
     /// Messages this tab missed (it was away, or the room moved on while
@@ -88,6 +90,8 @@ pub struct ChatState {
     pub error: RwSignal<Option<String>>,
     /// What the composer holds.
     pub draft: RwSignal<String>,
+    /// What the composer held in the other rooms this tab was in.
+    drafts: StoredValue<BTreeMap<String, String>>,
     /// Messages that came while the tab was hidden (shown in its title).
     pub unread: RwSignal<usize>,
     /// Requests sent and not yet answered, oldest first: the server answers
@@ -95,6 +99,9 @@ pub struct ChatState {
     pub unanswered: StoredValue<std::collections::VecDeque<Request>>,
     /// Messages written here and not yet confirmed, oldest first.
     pub outgoing: RwSignal<Vec<Outgoing>>,
+    /// Nonces of the messages left for another page when this one was last
+    /// hidden.
+    handed: StoredValue<Vec<String>>,
     seen: StoredValue<BTreeSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
@@ -211,9 +218,17 @@ struct Pending {
     _timer: gloo_timers::callback::Timeout,
 }
 
+/// Rooms with more members than this show no comings and goings in the
+/// log.
+pub const BIG_ROOM: usize = 100;
+
 /// First-strong isolates: a right-to-left name cannot reorder the words
 /// around it.
-fn presence_text(name: &str, verb: &str) -> String {
+pub fn presence_text(name: &str, event: PresenceEvent) -> String {
+    let verb = match event {
+        PresenceEvent::Join => "joined",
+        PresenceEvent::Leave => "left",
+    };
     format!("\u{2068}{name}\u{2069} {verb}")
 }
 
@@ -230,9 +245,11 @@ impl ChatState {
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
+            drafts: StoredValue::new(BTreeMap::new()),
             unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
             outgoing: RwSignal::new(crate::browser::take_saved_outbox()),
+            handed: StoredValue::new(Vec::new()),
             seen: StoredValue::new(BTreeSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new_local(Vec::new()),
@@ -282,8 +299,10 @@ impl ChatState {
                     self.note_missed(&members);
                     self.last_message_id()
                 } else {
-                    // The room being left is read up to where it was.
+                    // The room being left is read up to where it was, and
+                    // keeps what was being written in it.
                     self.save_read();
+                    self.switch_draft(Some(&room));
                     self.forget_log();
                     self.follow.set_value(true);
                     self.older
@@ -292,7 +311,9 @@ impl ChatState {
                     self.read_mark.set(mark.clone());
                     mark
                 };
-                let oldest = history.first().map(|HistoryEntry::Message(m)| (m.id.clone(), m.ts));
+                let oldest = history
+                    .first()
+                    .map(|HistoryEntry::Message(m)| (m.id.clone(), m.ts));
                 // The address names the room once the server has it in it.
                 crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
                 crate::browser::remember_room(&room);
@@ -429,9 +450,7 @@ impl ChatState {
                 {
                     return self.join_failed(&failed, current, code);
                 }
-                if action.is_none()
-                    && self.unanswered.with_value(|u| !u.is_empty())
-                {
+                if action.is_none() && self.unanswered.with_value(|u| !u.is_empty()) {
                     let request = self.take_unanswered();
                     self.history_refused(request, code, None);
                 }
@@ -566,6 +585,13 @@ impl ChatState {
             .update(|outgoing| outgoing.retain(|o| o.nonce != nonce));
     }
 
+    /// Drops every message waiting to be sent in `room` (the person's
+    /// Delete).
+    pub fn discard_room(&self, room: &str) {
+        self.outgoing
+            .update(|outgoing| outgoing.retain(|o| o.room != room));
+    }
+
     /// Whether message `nonce` is still on its way (its answer not come).
     pub fn is_in_flight(&self, nonce: &str) -> bool {
         self.outgoing.with_untracked(|outgoing| {
@@ -595,7 +621,47 @@ impl ChatState {
             outgoing.retain(|o| o.nonce != *nonce);
             found = outgoing.len() != before;
         });
+        // Saved as the tab went out of sight: no other page is to send it.
+        if found && crate::browser::tab_hidden() {
+            crate::browser::reclaim_outbox(std::slice::from_ref(nonce));
+        }
         found
+    }
+
+    /// Back in sight after the outbox was saved: what another page took
+    /// meanwhile is that page's to send (unless it is on its way from here
+    /// already); the rest is this page's again.
+    pub fn reclaim_saved(&self) {
+        let handed = self
+            .handed
+            .try_update_value(std::mem::take)
+            .unwrap_or_default();
+        if handed.is_empty() {
+            return;
+        }
+        let still = crate::browser::reclaim_outbox(&handed);
+        self.outgoing.update(|outgoing| {
+            outgoing.retain(|o| {
+                !handed.contains(&o.nonce)
+                    || still.contains(&o.nonce)
+                    || o.sending == Sending::InFlight
+            })
+        });
+    }
+
+    /// Leaves the messages not sent yet where the next page of this browser
+    /// finds them: as the page goes away, or out of sight (a phone may
+    /// discard a hidden tab without another word).
+    pub fn save_outbox(&self) {
+        let saved = self
+            .outgoing
+            .with_untracked(|outgoing| crate::browser::save_outbox(outgoing));
+        if saved {
+            self.handed.set_value(
+                self.outgoing
+                    .with_untracked(|o| o.iter().map(|o| o.nonce.clone()).collect()),
+            );
+        }
     }
 
     /// The server refused our message `nonce`.
@@ -683,14 +749,15 @@ impl ChatState {
         if expected {
             return;
         }
-        let verb = match event {
-            PresenceEvent::Join if !already_here => {
-                self.add_notice(presence_text(&name, "joined"));
-                return;
-            }
-            PresenceEvent::Join => "joined",
-            PresenceEvent::Leave => "left",
-        };
+        // In a big room comings and goings would bury the conversation:
+        // the member list and its count tell them.
+        if self.count.get_untracked() > BIG_ROOM {
+            return;
+        }
+        if event == PresenceEvent::Join && !already_here {
+            self.add_notice(name, event);
+            return;
+        }
         let key = self.next_notice_key();
         let state = *self;
         let timer = gloo_timers::callback::Timeout::new(RECONNECT_GRACE_MS, move || {
@@ -711,7 +778,8 @@ impl ChatState {
             if happened && state.joined.with_untracked(Option::is_some) {
                 state.push(Entry::Notice {
                     key: pending.key,
-                    text: presence_text(&pending.name, verb),
+                    name: pending.name,
+                    event: pending.event,
                     ts: pending.ts,
                 });
             }
@@ -761,6 +829,7 @@ impl ChatState {
 
     pub fn clear_room(&self) {
         self.save_read();
+        self.switch_draft(None);
         if let Some(joined) = self.joined.get_untracked() {
             self.last_room.set(Some(joined.room));
         }
@@ -777,11 +846,12 @@ impl ChatState {
         key
     }
 
-    pub fn add_notice(&self, text: String) {
+    fn add_notice(&self, name: String, event: PresenceEvent) {
         let key = self.next_notice_key();
         self.push(Entry::Notice {
             key,
-            text,
+            name,
+            event,
             ts: crate::browser::now_ms(),
         });
     }
@@ -861,9 +931,9 @@ impl ChatState {
         retry_after_ms: Option<u64>,
     ) -> Followup {
         match request {
-            Some(Request::Gap(_)) if code == ErrorCode::RateLimited => Followup::FillGapAfter(
-                retry_after_ms.unwrap_or(1_000).clamp(250, 60_000),
-            ),
+            Some(Request::Gap(_)) if code == ErrorCode::RateLimited => {
+                Followup::FillGapAfter(retry_after_ms.unwrap_or(1_000).clamp(250, 60_000))
+            }
             // Anything else stops the filling: the gap offers to try again,
             // and messages of ours may go.
             Some(Request::Gap(_)) => {
@@ -966,7 +1036,10 @@ impl ChatState {
             .collect();
         let mut present = false;
         self.log.update(|log| {
-            let Some(at) = log.iter().position(|e| matches!(e, Entry::Gap { key: k, .. } if *k == key)) else {
+            let Some(at) = log
+                .iter()
+                .position(|e| matches!(e, Entry::Gap { key: k, .. } if *k == key))
+            else {
                 return;
             };
             present = true;
@@ -1021,6 +1094,28 @@ impl ChatState {
         if let (Some(room), Some(id)) = (room, self.read_up_to.get_value()) {
             crate::browser::save_last_read(&room, &id);
         }
+    }
+
+    /// Keeps the composer's text with the room it was written in, and brings
+    /// back what was written in `to`.
+    fn switch_draft(&self, to: Option<&str>) {
+        let from = self
+            .joined
+            .with_untracked(|j| j.as_ref().map(|j| j.room.clone()));
+        let text = self.draft.get_untracked();
+        self.drafts.update_value(|drafts| {
+            if let Some(from) = from {
+                if text.trim().is_empty() {
+                    drafts.remove(&from);
+                } else {
+                    drafts.insert(from, text);
+                }
+            }
+        });
+        let next = to
+            .and_then(|to| self.drafts.try_update_value(|d| d.remove(to)).flatten())
+            .unwrap_or_default();
+        self.draft.set(next);
     }
 
     /// Empties the log, and everything kept about its entries.

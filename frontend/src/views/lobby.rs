@@ -3,7 +3,7 @@ use leptos::prelude::*;
 use shared::limits::{NAME_MAX_CHARS, ROOM_MAX_LEN};
 use shared::{Name, Room};
 
-use super::{Chat, ConnectionStatus};
+use super::{Chat, ConnectionStatus, ReconnectBanner, WaitingElsewhere};
 use crate::browser;
 use crate::state::Status;
 
@@ -20,6 +20,8 @@ pub fn Lobby() -> impl IntoView {
             .unwrap_or_else(|| "lobby".into()),
     );
     let problem = RwSignal::new(None::<String>);
+    // A shared link to a room says where it leads.
+    let invited = browser::room_in_fragment();
     let recent = browser::recent_rooms();
     // A room named in the address while here (Back, an edit) fills the field.
     Effect::new(move |_| {
@@ -42,13 +44,19 @@ pub fn Lobby() -> impl IntoView {
         }
     };
     let shown_error = move || problem.get().or_else(|| state.error.get());
-    // Back from a room, the cursor goes where the next room is typed.
+    // The cursor goes where typing is needed first: the name, on a first
+    // visit or from a shared link; back from a room, the next room.
+    let name_field = NodeRef::<leptos::html::Input>::new();
     let room_field = NodeRef::<leptos::html::Input>::new();
     Effect::new(move |_| {
-        if let Some(field) = room_field.get()
-            && state.last_room.get_untracked().is_some()
-        {
-            let _ = field.focus();
+        if let (Some(name_field), Some(room_field)) = (name_field.get(), room_field.get()) {
+            let _ = if name.get_untracked().is_empty() {
+                name_field.focus()
+            } else if state.last_room.get_untracked().is_some() {
+                room_field.focus()
+            } else {
+                Ok(())
+            };
         }
     });
 
@@ -56,17 +64,25 @@ pub fn Lobby() -> impl IntoView {
         <main class="lobby">
             <form class="card" on:submit=submit>
                 <header>
-                    <h1>"Chat rooms"</h1>
-                    <p class="subtitle">"Pick a name and any room. Everyone in the room sees your messages the moment you send them."</p>
+                    {match invited {
+                        Some(room) => view! {
+                            <h1>"You're joining " <span class="invited">{format!("#{room}")}</span></h1>
+                            <p class="subtitle">"Pick the name the room will see you by."</p>
+                        }.into_any(),
+                        None => view! {
+                            <h1>"Chat rooms"</h1>
+                            <p class="subtitle">"Pick a name and any room. Everyone in the room sees your messages the moment you send them."</p>
+                        }.into_any(),
+                    }}
                 </header>
                 <label for="name">"Name"</label>
                 // No `maxlength`: it counts UTF-16 units, the limit counts
                 // characters (an emoji is two units); the check on Join says.
-                <input id="name" name="name" autocomplete="nickname" placeholder="Ada"
-                    required bind:value=name />
+                <input id="name" name="name" autocomplete="nickname" placeholder="Your name"
+                    required bind:value=name node_ref=name_field />
                 <p class="hint">{format!("Up to {NAME_MAX_CHARS} characters.")}</p>
                 <label for="room">"Room"</label>
-                <input id="room" name="room" placeholder="lobby" maxlength=ROOM_MAX_LEN.to_string()
+                <input id="room" name="room" placeholder="Any room name" maxlength=ROOM_MAX_LEN.to_string()
                     pattern="[A-Za-z0-9_.:\\-]+" title="Letters, digits, '_', '.', ':' or '-'"
                     required bind:value=room node_ref=room_field />
                 <p class="hint">"Rooms: letters, digits and _ . : - (up to 64)."</p>
@@ -82,6 +98,7 @@ pub fn Lobby() -> impl IntoView {
                         }).collect_view()}
                     </nav>
                 })}
+                <WaitingElsewhere />
                 <Show when=move || shown_error().is_some()>
                     <p class="error" role="alert">{shown_error}</p>
                 </Show>
@@ -89,6 +106,7 @@ pub fn Lobby() -> impl IntoView {
                     {move || if joining() { "Joining…" } else { "Join" }}
                 </button>
                 <footer><ConnectionStatus /></footer>
+                <ReconnectBanner />
             </form>
         </main>
     }

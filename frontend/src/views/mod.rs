@@ -12,7 +12,7 @@ use crate::socket::{self, Outbox};
 use crate::state::{ChatState, Status};
 
 /// Everything the views need to act: the state and the way to the server.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct Chat {
     pub state: ChatState,
     pub outbox: Outbox,
@@ -36,6 +36,22 @@ impl Chat {
         self.state.clear_room();
         browser::set_fragment(None, entry);
         self.outbox.send(ClientFrame::Leave);
+    }
+
+    /// Goes to `room` under the current (or remembered) name; without a
+    /// name, the lobby offers it.
+    fn go_to(&self, room: &str) {
+        let Ok(room) = Room::parse(room) else { return };
+        let name = self
+            .state
+            .target
+            .get_untracked()
+            .map(|(_, name)| name)
+            .or_else(|| browser::remembered_name().and_then(|n| Name::parse(&n).ok()));
+        match name {
+            Some(name) => self.join(room, name),
+            None => self.state.last_room.set(Some(room.as_str().to_owned())),
+        }
     }
 
     /// The address changed (a link, Back or Forward, an edit): the room
@@ -101,21 +117,27 @@ pub fn App() -> impl IntoView {
     // next page of this browser sends them.
     // So is how far each room was read.
     let _ = window_event_listener(leptos::ev::pagehide, move |_| {
-        state
-            .outgoing
-            .with_untracked(|outgoing| browser::save_outbox(outgoing));
+        state.save_outbox();
         state.save_read();
     });
+    // Back from the back-forward cache: what it saved is its own again.
+    let _ = window_event_listener(leptos::ev::pageshow, move |_| state.reclaim_saved());
+    // The network is back: no need to wait for the next attempt.
+    let outbox = chat.outbox;
+    let _ = window_event_listener(leptos::ev::online, move |_| outbox.retry_now());
 
     // The title names the room, and counts what came while the tab was
     // hidden; looking at it again clears the count. Hidden is the last
     // moment a phone surely gives a page before discarding it.
     let _ = window_event_listener(leptos::ev::visibilitychange, move |_| {
         if browser::tab_hidden() {
+            state.save_outbox();
             state.save_read();
         } else {
+            state.reclaim_saved();
             state.unread.set(0);
             state.mark_read_if_seen();
+            outbox.retry_now();
         }
     });
     Effect::new(move |_| {
@@ -140,32 +162,87 @@ pub fn App() -> impl IntoView {
     }
 }
 
-/// The connection status, for people and for screen readers.
+/// Messages written in other rooms, waiting to be sent there: they go once
+/// their room is joined again; here they can be gone to, or dropped.
+#[component]
+pub fn WaitingElsewhere() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let state = chat.state;
+    let elsewhere = Memo::new(move |_| {
+        let here = state.joined.with(|j| j.as_ref().map(|j| j.room.clone()));
+        let mut rooms: Vec<(String, usize)> = Vec::new();
+        state.outgoing.with(|outgoing| {
+            for o in outgoing.iter().filter(|o| Some(&o.room) != here.as_ref()) {
+                match rooms.iter_mut().find(|(room, _)| *room == o.room) {
+                    Some((_, n)) => *n += 1,
+                    None => rooms.push((o.room.clone(), 1)),
+                }
+            }
+        });
+        rooms
+    });
+    view! {
+        <Show when=move || !elsewhere.with(Vec::is_empty)>
+            <div class="elsewhere" role="region" aria-label="Not sent yet">
+                <For each=move || elsewhere.get() key=|entry| entry.clone() let:entry>
+                    <p>
+                        {match entry.1 {
+                            1 => format!("1 message waits to be sent in #{}.", entry.0),
+                            n => format!("{n} messages wait to be sent in #{}.", entry.0),
+                        }}
+                        " "
+                        <button type="button" class="link" on:click={
+                            let room = entry.0.clone();
+                            move |_| chat.go_to(&room)
+                        }>{format!("Open #{}", entry.0)}</button>
+                        " "
+                        <button type="button" class="link" on:click={
+                            let room = entry.0.clone();
+                            move |_| state.discard_room(&room)
+                        }>"Delete them"</button>
+                    </p>
+                </For>
+            </div>
+        </Show>
+    }
+}
+
+/// The connection status, for people and for screen readers: a dot and a
+/// word.
 #[component]
 pub fn ConnectionStatus() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let status = chat.state.status;
-    // Only the state is announced; the countdown beside it is not, or a
-    // screen reader would read it out every second.
-    // A retry after going offline is still "Offline": only coming back is
-    // news.
+    // A retry after losing the connection is still reconnecting: only
+    // coming back is news.
     let label = Memo::new(move |previous: Option<&&str>| match status.get() {
         Status::Online => "Connected",
-        Status::Offline(_) => "Offline",
-        Status::Connecting if previous == Some(&"Offline") => "Offline",
+        Status::Offline => "Reconnecting…",
+        Status::Connecting if previous == Some(&"Reconnecting…") => "Reconnecting…",
         Status::Connecting => "Connecting…",
     });
-    let retry = move || match status.get() {
-        Status::Offline(seconds) => Some(format!(", retrying in {seconds}s")),
-        _ => None,
-    };
     let class = move || match status.get() {
         Status::Online => "status online",
         Status::Connecting => "status connecting",
-        Status::Offline(_) => "status offline",
+        Status::Offline => "status offline",
     };
+    view! {
+        <span class=class data-testid="connection-status">
+            <span class="dot" aria-hidden="true"></span>
+            <span class="label" role="status" aria-live="polite">{label}</span>
+        </span>
+    }
+}
+
+/// While the connection is down: one plain line, a way to try at once, and
+/// (once several attempts have failed) the address that cannot be reached,
+/// for whoever runs the server.
+#[component]
+pub fn ReconnectBanner() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let state = chat.state;
     let unreachable = move || {
-        chat.state.unreachable.get().map(|url| {
+        state.unreachable.get().map(|url| {
             view! {
                 <span class="unreachable" role="alert">
                     "Cannot reach the chat server at " <code>{url}</code>
@@ -174,11 +251,14 @@ pub fn ConnectionStatus() -> impl IntoView {
         })
     };
     view! {
-        <span class=class data-testid="connection-status">
-            <span class="dot" aria-hidden="true"></span>
-            <span role="status" aria-live="polite">{label}</span>
-            <span class="retry" aria-hidden="true">{retry}</span>
-            {unreachable}
-        </span>
+        <Show when=move || state.status.get() == Status::Offline || state.unreachable.with(Option::is_some)>
+            <div class="banner">
+                <span aria-hidden="true">"Reconnecting…"</span>
+                <button type="button" class="secondary" on:click=move |_| chat.outbox.retry_now()>
+                    "Retry now"
+                </button>
+                {unreachable}
+            </div>
+        </Show>
     }
 }

@@ -1,11 +1,11 @@
 use leptos::ev::{KeyboardEvent, SubmitEvent};
 use leptos::html;
 use leptos::prelude::*;
-use shared::{ClientFrame, check_message_data, limits::DATA_MAX_BYTES};
+use shared::{ClientFrame, PresenceEvent, check_message_data, limits::DATA_MAX_BYTES};
 
-use super::{Chat, ConnectionStatus};
+use super::{Chat, ConnectionStatus, ReconnectBanner, WaitingElsewhere};
 use crate::browser;
-use crate::state::{Entry, Older, Request, Sending, Status};
+use crate::state::{Entry, Older, Request, Sending, Status, presence_text};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -22,6 +22,10 @@ pub fn RoomView() -> impl IntoView {
             .with(|j| j.as_ref().map(|j| j.name.clone()).unwrap_or_default())
     };
     let leave = move |_| chat.leave(crate::browser::Entry::Push);
+    // On a phone the member list is a sheet over the conversation, behind
+    // a button; on wider screens it is always beside it.
+    let members_open = RwSignal::new(false);
+    let log_ref = NodeRef::<html::Div>::new();
 
     view! {
         <div class="room">
@@ -33,27 +37,35 @@ pub fn RoomView() -> impl IntoView {
                 </div>
                 <div class="actions">
                     <ConnectionStatus />
-                    <button class="secondary" on:click=leave>"Leave"</button>
+                    <button type="button" class="secondary members-toggle" aria-controls="members"
+                        aria-expanded=move || members_open.get().to_string()
+                        on:click=move |_| members_open.update(|open| *open = !*open)>
+                        "Members " <span class="count">{move || state.count.get()}</span>
+                    </button>
+                    <button type="button" class="secondary" on:click=leave>"Leave"</button>
                 </div>
             </header>
+            <ReconnectBanner />
             <div class="body">
-                <section class="conversation">
-                    <MessageLog />
-                    <Composer />
-                </section>
-                <MemberList />
+                <main class="conversation">
+                    <MessageLog log_ref />
+                    <WaitingElsewhere />
+                    <Composer log_ref />
+                </main>
+                <MemberList open=members_open />
             </div>
         </div>
     }
 }
 
 #[component]
-fn MessageLog() -> impl IntoView {
+fn MessageLog(log_ref: NodeRef<html::Div>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    // A log, not a list: `role="log"` on a list would strip its items of
-    // their list semantics.
-    let log_ref = NodeRef::<html::Div>::new();
+    // Whether the "Load older messages" button had the focus: when the
+    // start of the conversation replaces it, the focus goes to the log,
+    // not to the page's body.
+    let older_had_focus = StoredValue::new(false);
     // New entries keep a reader who is at the newest one there (or who has
     // just sent something), but never pull one away from older ones: they
     // are counted on a button instead.
@@ -76,6 +88,7 @@ fn MessageLog() -> impl IntoView {
         if let Some(log) = log_ref.get_untracked() {
             from_bottom.set_value(log.scroll_height() - log.scroll_top());
         }
+        older_had_focus.set_value(browser::focused_has_class("load-older"));
         // No message yet (the joined frame had no room for any): the newest.
         let before = state.first_message_id();
         if chat.outbox.send(ClientFrame::History { before }) {
@@ -144,6 +157,30 @@ fn MessageLog() -> impl IntoView {
             to_bottom();
         }
     });
+    Effect::new(move |_| {
+        if state.older.get() == Older::None
+            && older_had_focus.get_value()
+            && let Some(log) = log_ref.get_untracked()
+        {
+            older_had_focus.set_value(false);
+            let _ = log.focus();
+        }
+    });
+    // The log keeps its newest message in view while the space it has
+    // changes: the composer growing a line or showing an error, the window
+    // or the on-screen keyboard resizing.
+    let resized = StoredValue::new_local(None::<browser::OnResize>);
+    Effect::new(move |_| {
+        if let Some(log) = log_ref.get() {
+            resized.set_value(browser::OnResize::new(&log, move || {
+                if state.follow.get_value()
+                    && let Some(log) = log_ref.get_untracked()
+                {
+                    log.set_scroll_top(log.scroll_height());
+                }
+            }));
+        }
+    });
     let on_scroll = move |_| {
         if let Some(log) = log_ref.get_untracked() {
             from_bottom.set_value(log.scroll_height() - log.scroll_top());
@@ -169,59 +206,127 @@ fn MessageLog() -> impl IntoView {
                 }}
             </button>
         </Show>
-        <div class="log" role="log" aria-label="Conversation" aria-live="polite" node_ref=log_ref
+        // Scrolls with the keyboard once focused (and from the composer
+        // with PageUp and PageDown).
+        <div class="log" tabindex="0" role="region" aria-label="Messages" node_ref=log_ref
             on:scroll=on_scroll>
             <Show when=move || state.log.with(Vec::is_empty) && waiting().is_empty()>
                 <div class="empty">"No messages yet. Say hello!"</div>
             </Show>
             <div class="older">
                 // Above a gap, the gap's own button says what is missing.
-                {move || match state.older.get() {
-                    _ if state.log.with(|log| matches!(log.first(), Some(Entry::Gap { .. }))) => ().into_any(),
-                    Older::Maybe => view! {
-                        <button type="button" class="secondary" on:click=move |_| load_older()>
+                // One button while it loads, so a keyboard's focus stays.
+                <Show when=move || state.older.get() != Older::None
+                    && !state.log.with(|log| matches!(log.first(), Some(Entry::Gap { .. })))
+                    fallback=move || view! {
+                        <span>{move || (state.older.get() == Older::None && !state.log.with(Vec::is_empty))
+                            .then_some("The start of the conversation")}</span>
+                    }>
+                    <button type="button" class="secondary load-older"
+                        aria-disabled=move || (state.older.get() == Older::Loading).to_string()
+                        on:click=move |_| load_older()>
+                        {move || if state.older.get() == Older::Loading {
+                            "Loading older messages…"
+                        } else {
                             "Load older messages"
-                        </button>
-                    }.into_any(),
-                    Older::Loading => view! { <span>"Loading older messages…"</span> }.into_any(),
-                    Older::None => view! {
-                        <span>{move || (!state.log.with(Vec::is_empty)).then_some("The start of the conversation")}</span>
-                    }.into_any(),
-                }}
+                        }}
+                    </button>
+                </Show>
             </div>
+            // A log, not a list: `role="log"` on a list would strip its items
+            // of their list semantics. Only what the server has is in it:
+            // one's own messages on their way are not announced.
+            <div class="entries" role="log" aria-label="Conversation" aria-live="polite">
             <For each=move || rows(&state.log.read(), state.read_mark.read().as_deref()) key=Row::key let:row>
                 {row.day.map(|day| view! { <div class="day" role="separator">{day}</div> })}
                 {row.new_since.then(|| view! {
                     <div class="new-since" role="separator" aria-label="New since you were here">"New since you were here"</div>
                 })}
-                {match row.entry {
-                    Entry::Message(message, mine) => {
+                {match (row.entry, row.notices) {
+                    (_, Some(notices)) => view! { <Notices notices /> }.into_any(),
+                    (Entry::Message(message, mine), None) => {
                         let grouped = row.grouped;
                         view! {
                             <div class="message" class:mine=mine class:grouped=grouped>
                                 <div class="meta" class:visually-hidden=grouped>
                                     <span class="author">{message.name.clone()}</span>
-                                    <time datetime=browser::iso_time(message.ts)>{browser::clock_time(message.ts)}</time>
+                                    <Time ts=message.ts />
                                 </div>
                                 <p class="text">{message_text(&message.data)}</p>
                             </div>
                         }.into_any()
                     }
-                    Entry::Notice { text, ts, .. } => view! {
+                    (Entry::Notice { name, event, ts, .. }, None) => view! {
                         <div class="notice">
-                            <span>{text}</span>
+                            <span>{presence_text(&name, event)}</span>
                             " "
-                            <time datetime=browser::iso_time(ts)>{browser::clock_time(ts)}</time>
+                            <Time ts />
                         </div>
                     }.into_any(),
-                    Entry::Gap { key, .. } => view! { <MissedMessages key /> }.into_any(),
+                    (Entry::Gap { key, .. }, None) => view! { <MissedMessages key /> }.into_any(),
                 }}
             </For>
-            <For each=waiting key=|o| o.nonce.clone() let:o>
-                <OutgoingMessage nonce=o.nonce text=o.text />
-            </For>
+            </div>
+            <div class="outbox">
+                <For each=waiting key=|o| o.nonce.clone() let:o>
+                    <OutgoingMessage nonce=o.nonce text=o.text />
+                </For>
+            </div>
         </div>
         </div>
+    }
+}
+
+/// A time as `HH:MM`; the day and time in full on hover, or on a tap (a
+/// touch screen has no hover).
+#[component]
+fn Time(ts: u64) -> impl IntoView {
+    let full = RwSignal::new(false);
+    view! {
+        <time datetime=browser::iso_time(ts) title=browser::full_time(ts)
+            on:click=move |_| full.update(|f| *f = !*f)>
+            {move || if full.get() { browser::full_time(ts) } else { browser::clock_time(ts) }}
+        </time>
+    }
+}
+
+/// A run of comings and goings, folded into one line that opens to list
+/// them: a crowd arriving does not bury what is being said.
+#[component]
+fn Notices(notices: Vec<(String, PresenceEvent, u64)>) -> impl IntoView {
+    let count = |event| notices.iter().filter(|(_, e, _)| *e == event).count();
+    let people = |n: usize| {
+        if n == 1 {
+            "1 person".to_owned()
+        } else {
+            format!("{n} people")
+        }
+    };
+    let summary = [
+        (count(PresenceEvent::Join), "joined"),
+        (count(PresenceEvent::Leave), "left"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .enumerate()
+    .map(|(at, (n, verb))| {
+        if at == 0 {
+            format!("{} {verb}", people(n))
+        } else {
+            format!("{n} {verb}")
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(", ");
+    view! {
+        <details class="notice notices">
+            <summary>{summary}</summary>
+            <ul>
+                {notices.into_iter().map(|(name, event, ts)| view! {
+                    <li><span>{presence_text(&name, event)}</span> " " <Time ts /></li>
+                }).collect_view()}
+            </ul>
+        </details>
     }
 }
 
@@ -269,10 +374,18 @@ fn OutgoingMessage(nonce: String, text: String) -> impl IntoView {
         })
     };
     let failed = move || sending.get() == Sending::Failed;
+    // Counts down while it waits for its turn.
+    let tick = RwSignal::new(0u32);
+    let _ticking = StoredValue::new_local(gloo_timers::callback::Interval::new(1_000, move || {
+        if matches!(sending.get_untracked(), Sending::After(_)) {
+            tick.update(|n| *n = n.wrapping_add(1));
+        }
+    }));
     let status = move || match sending.get() {
         Sending::Failed => "Not sent".to_owned(),
         _ if state.status.get() != Status::Online => "Waiting for the connection…".to_owned(),
         Sending::After(at) => {
+            tick.track();
             let seconds = at.saturating_sub(browser::now_ms()).div_ceil(1000).max(1);
             format!("Sending in {seconds} s…")
         }
@@ -311,6 +424,8 @@ fn OutgoingMessage(nonce: String, text: String) -> impl IntoView {
 #[derive(Clone)]
 struct Row {
     entry: Entry,
+    /// A run of comings and goings shown as one row (name, event, time).
+    notices: Option<Vec<(String, PresenceEvent, u64)>>,
     grouped: bool,
     day: Option<String>,
     /// The first message that came after the reader was last here.
@@ -320,11 +435,12 @@ struct Row {
 impl Row {
     fn key(&self) -> String {
         format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             self.entry.key(),
             self.grouped,
             self.day.is_some(),
-            self.new_since
+            self.new_since,
+            self.notices.as_ref().map_or(0, Vec::len)
         )
     }
 }
@@ -332,12 +448,44 @@ impl Row {
 /// Messages this close together from one person read as one group.
 const GROUP_MS: u64 = 5 * 60 * 1000;
 
+/// Comings and goings in a row from this many on are folded into one.
+const NOTICE_RUN: usize = 3;
+
 fn rows(log: &[Entry], read_mark: Option<&str>) -> Vec<Row> {
     let mut rows = Vec::with_capacity(log.len());
     let mut previous: Option<&Entry> = None;
     let mut marked = read_mark.is_none();
-    for entry in log {
+    let mut at = 0;
+    while let Some(entry) = log.get(at) {
+        at += 1;
         let ts = entry.ts();
+        // A run of notices on one day.
+        let run = log[at - 1..]
+            .iter()
+            .take_while(|e| matches!(e, Entry::Notice { .. }) && browser::same_day(e.ts(), ts))
+            .count();
+        if run >= NOTICE_RUN {
+            let notices = log[at - 1..at - 1 + run]
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Notice {
+                        name, event, ts, ..
+                    } => Some((name.clone(), *event, *ts)),
+                    _ => None,
+                })
+                .collect();
+            let new_day = previous.is_none_or(|p| !browser::same_day(p.ts(), ts));
+            rows.push(Row {
+                entry: entry.clone(),
+                notices: Some(notices),
+                grouped: false,
+                day: new_day.then(|| browser::day_label(ts)),
+                new_since: false,
+            });
+            at += run - 1;
+            previous = log.get(at - 1);
+            continue;
+        }
         let new_since = !marked
             && matches!((entry, read_mark), (Entry::Message(m, false), Some(mark)) if m.id.as_str() > mark);
         marked |= new_since;
@@ -350,6 +498,7 @@ fn rows(log: &[Entry], read_mark: Option<&str>) -> Vec<Row> {
                         && message.ts.saturating_sub(before.ts) < GROUP_MS);
         rows.push(Row {
             entry: entry.clone(),
+            notices: None,
             grouped,
             day: new_day.then(|| browser::day_label(ts)),
             new_since,
@@ -371,8 +520,7 @@ fn message_text(text: &str) -> Vec<AnyView> {
     {
         let (before, from) = rest.split_at(at);
         let end = from.find(char::is_whitespace).unwrap_or(from.len());
-        // Punctuation that ends a sentence is not part of the address.
-        let url = from[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '\'', '"']);
+        let url = link_end(&from[..end]);
         let scheme_len = if url.starts_with("https://") { 8 } else { 7 };
         if !before.is_empty() {
             parts.push(before.to_owned().into_any());
@@ -396,8 +544,27 @@ fn message_text(text: &str) -> Vec<AnyView> {
     parts
 }
 
+/// An address without what ends the sentence around it: trailing
+/// punctuation, and a closing parenthesis it did not open itself (as in
+/// `(see https://example.org)`, but not in
+/// `https://en.wikipedia.org/wiki/Rust_(programming_language)`).
+fn link_end(mut url: &str) -> &str {
+    while let Some(last) = url.chars().last() {
+        let trailing = match last {
+            ')' => url.matches('(').count() < url.matches(')').count(),
+            '.' | ',' | ';' | ':' | '!' | '?' | ']' | '\'' | '"' => true,
+            _ => false,
+        };
+        if !trailing {
+            break;
+        }
+        url = &url[..url.len() - 1];
+    }
+    url
+}
+
 #[component]
-fn Composer() -> impl IntoView {
+fn Composer(log_ref: NodeRef<html::Div>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     let draft = state.draft;
@@ -406,15 +573,19 @@ fn Composer() -> impl IntoView {
     let counter = move || {
         let used = draft.with(String::len);
         (used > DATA_MAX_BYTES * 9 / 10).then(|| {
+            let (used_text, max) = (thousands(used), thousands(DATA_MAX_BYTES));
             if used > DATA_MAX_BYTES {
                 format!(
-                    "Too long: {used} of {DATA_MAX_BYTES} bytes (accents and emoji take 2 to 4 bytes each)"
+                    "Too long by {}: {used_text} of {max} bytes (accents and emoji take 2 to 4 bytes each)",
+                    thousands(used - DATA_MAX_BYTES)
                 )
             } else {
-                format!("{used} of {DATA_MAX_BYTES} bytes")
+                format!("{used_text} of {max} bytes")
             }
         })
     };
+    // On a touch screen Return makes a new line and the button sends.
+    let touch = browser::touch_first();
     let field = NodeRef::<html::Textarea>::new();
     // Joining puts the cursor where the typing happens.
     Effect::new(move |_| {
@@ -428,27 +599,36 @@ fn Composer() -> impl IntoView {
         if data.trim().is_empty() {
             return;
         }
-        match check_message_data(&data) {
-            Ok(()) => {
-                // One's own message is worth seeing arrive.
-                state.follow.set_value(true);
-                // Online or not: it waits in the log until it has gone.
-                if chat.outbox.post(data) {
-                    draft.set(String::new());
-                }
-            }
-            Err(error) => state.error.set(Some(error.message)),
+        // Too long: the counter under the field says so already.
+        if check_message_data(&data).is_err() {
+            return;
+        }
+        // One's own message is worth seeing arrive.
+        state.follow.set_value(true);
+        // Online or not: it waits in the log until it has gone.
+        if chat.outbox.post(data) {
+            draft.set(String::new());
         }
     };
 
     // Enter sends; Shift+Enter starts a new line (and Enter while an input
-    // method is composing belongs to it).
+    // method is composing belongs to it). PageUp and PageDown scroll the
+    // log, as in other chat apps.
     let send_on_enter = send;
-    let on_key = move |event: KeyboardEvent| {
-        if event.key() == "Enter" && !event.shift_key() && !event.is_composing() {
+    let on_key = move |event: KeyboardEvent| match event.key().as_str() {
+        "Enter" if !touch && !event.shift_key() && !event.is_composing() => {
             event.prevent_default();
             send_on_enter();
         }
+        key @ ("PageUp" | "PageDown") => {
+            if let Some(log) = log_ref.get_untracked() {
+                event.prevent_default();
+                let page = f64::from(log.client_height()) * 0.85;
+                let by = if key == "PageUp" { -page } else { page };
+                log.scroll_by_with_x_and_y(0.0, by);
+            }
+        }
+        _ => {}
     };
 
     view! {
@@ -460,9 +640,15 @@ fn Composer() -> impl IntoView {
                 <p class="error" role="alert">{move || state.error.get()}</p>
             </Show>
             <label for="message" class="visually-hidden">"Message"</label>
-            <textarea id="message" name="message" rows="1" placeholder="Write a message… (Shift+Enter: new line)"
+            <textarea id="message" name="message" rows="1"
+                placeholder=if touch { "Write a message…" } else { "Write a message… (Shift+Enter: new line)" }
+                enterkeyhint=if touch { "enter" } else { "send" }
                 prop:value=move || draft.get()
-                on:input=move |event| draft.set(event_target_value(&event))
+                on:input=move |event| {
+                    draft.set(event_target_value(&event));
+                    // What the error was about has changed.
+                    state.error.set(None);
+                }
                 on:keydown=on_key
                 aria-invalid=move || too_long().to_string()
                 aria-describedby="message-counter" node_ref=field></textarea>
@@ -475,7 +661,7 @@ fn Composer() -> impl IntoView {
 }
 
 #[component]
-fn MemberList() -> impl IntoView {
+fn MemberList(open: RwSignal<bool>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     // A name on several connections (two tabs, two people, or a reconnect
@@ -495,8 +681,12 @@ fn MemberList() -> impl IntoView {
     });
     let count = move || state.count.get();
     view! {
-        <aside class="members">
-            <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
+        <aside id="members" class="members" class:open=move || open.get() aria-labelledby="members-heading"
+            on:keydown=move |event: KeyboardEvent| if event.key() == "Escape" { open.set(false) }>
+            <div class="members-head">
+                <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
+                <button type="button" class="secondary close" on:click=move |_| open.set(false)>"Close"</button>
+            </div>
             <ul aria-label="Members">
                 <For each=move || distinct.get() key=|entry| entry.clone() let:member>
                     <li>
@@ -517,4 +707,18 @@ fn initial(name: &str) -> String {
         .next()
         .map(|c| browser::uppercase(c.encode_utf8(&mut [0; 4])))
         .unwrap_or_default()
+}
+
+/// `4096` as `4 096`: digits in groups of three, with a narrow no-break
+/// space.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (at, digit) in digits.chars().enumerate() {
+        if at > 0 && (digits.len() - at) % 3 == 0 {
+            out.push('\u{202f}');
+        }
+        out.push(digit);
+    }
+    out
 }
