@@ -96,7 +96,7 @@ pub fn App() -> impl IntoView {
         state,
         outbox: socket::connect(state),
     };
-    provide_context(chat.clone());
+    provide_context(chat);
 
     // A shared link (`#room`) with a remembered name goes straight in.
     if let (Some(room), Some(name)) = (
@@ -108,9 +108,9 @@ pub fn App() -> impl IntoView {
 
     // The room follows the address, both ways: links, Back and Forward,
     // edits of the fragment.
-    let follow = chat.clone();
+    let follow = chat;
     let _ = window_event_listener(leptos::ev::popstate, move |_| follow.follow_fragment());
-    let follow = chat.clone();
+    let follow = chat;
     let _ = window_event_listener(leptos::ev::hashchange, move |_| follow.follow_fragment());
 
     // Messages not sent yet outlive the page (a reload, a closed tab): the
