@@ -1057,6 +1057,235 @@ for (const [device, options] of Object.entries(DEVICES)) test(`${device}: multi-
   await page.context().close();
 });
 
+/** A chat-local of its own, with no rate limits, for `run(url)`. */
+async function withOwnServer(run, extra = ['--rate-limit', '0']) {
+  const data = mkdtempSync(join(tmpdir(), 'chat-own-'));
+  const chat = await startServer('127.0.0.1:0', { data, extra });
+  try {
+    await run(chat.url);
+  } finally {
+    await stopServer(chat.child);
+    rmSync(data, { recursive: true, force: true });
+  }
+}
+
+test('phone: a crowd fits a small screen: members behind a button, comings and goings folded, none in a big room', () => withOwnServer(async (url) => {
+  // A phone with its on-screen keyboard open.
+  const phone = { ...DEVICES.phone, viewport: { width: 390, height: 470 } };
+  const page = await openAs('Pia', 'crowd', url, phone);
+  const crowdContext = await browser.newContext();
+  const crowd = await crowdContext.newPage();
+  await crowd.goto(`${url}/healthz`);
+  const wsUrl = `${url.replace('http', 'ws')}/ws`;
+  const arrive = (from, to) => crowd.evaluate(({ wsUrl, from, to }) => {
+    window.sockets ??= {};
+    return Promise.all(Array.from({ length: to - from + 1 }, (_, i) => new Promise((resolve, reject) => {
+      const name = `Guest ${from + i}`;
+      const ws = new WebSocket(wsUrl);
+      window.sockets[name] = ws;
+      ws.onopen = () => ws.send(JSON.stringify({ action: 'join', room: 'crowd', name }));
+      ws.onmessage = (event) => { if (JSON.parse(event.data).type === 'joined') resolve(); };
+      ws.onerror = reject;
+    })));
+  }, { wsUrl, from, to });
+  const depart = (from, to) => crowd.evaluate(({ from, to }) => {
+    for (let i = from; i <= to; i++) window.sockets[`Guest ${i}`].close();
+  }, { from, to });
+
+  await arrive(1, 60);
+  await depart(1, 30);
+  await page.getByRole('button', { name: 'Members 31' }).waitFor(WAIT);
+  // 90 comings and goings are one line (the leaves after their grace).
+  const folded = log(page).locator('details.notices summary');
+  await folded.getByText('60 people joined, 30 left').waitFor({ timeout: 20_000 });
+  await postAs('Ola', 'crowd', ['a real message'], url);
+  const real = log(page).getByText('a real message', { exact: true });
+  await real.waitFor(WAIT);
+  const box = await real.boundingBox();
+  assert.ok(box.y >= 0 && box.y + box.height <= 470, `the message is on screen: ${JSON.stringify(box)}`);
+  await folded.getByText('61 people joined, 30 left').waitFor(WAIT);
+  await folded.click();
+  assert.equal(await log(page).locator('details.notices li').count(), 91, 'opened, it lists each');
+
+  // The conversation has the screen; the member list is behind its button,
+  // and the header says whom one posts as.
+  const logBox = await log(page).boundingBox();
+  assert.ok(logBox.height >= 250, `the log has ${logBox.height} px`);
+  assert.equal(await members(page).isVisible(), false);
+  assert.equal(await page.locator('.you').isVisible(), true);
+  assert.match(await page.locator('.you').textContent(), /as Pia/);
+  await page.getByRole('button', { name: /^Members/ }).click();
+  await members(page).getByText('Guest 60', { exact: true }).waitFor(WAIT);
+  await page.getByRole('button', { name: 'Close' }).click();
+  await members(page).waitFor({ state: 'hidden', ...WAIT });
+
+  // Past 100 members, comings and goings stay out of the log.
+  await arrive(61, 140);
+  await page.getByRole('button', { name: 'Members 111' }).waitFor(WAIT);
+  await depart(61, 70);
+  await page.getByRole('button', { name: 'Members 101' }).waitFor(WAIT);
+  await page.waitForTimeout(6000);
+  assert.equal(await log(page).getByText(/Guest 6[1-9]\u2069 left/).count(), 0);
+  // Joins were shown while the room had at most 100 (Guests 61 to 130,
+  // in whatever order they came), none after.
+  assert.equal(await log(page).getByText(/Guest (6[1-9]|[7-9]\d|1[0-3]\d|140)\u2069 joined/).count(), 70);
+  await crowdContext.close();
+  await page.context().close();
+}));
+
+test('the keyboard reads the log: PageUp from the composer, a focusable log, Load older keeps the focus', () => withOwnServer(async (url) => {
+  await postAs('Kit', 'keys-room', numbered('k', 1, 300), url);
+  const page = await openAs('Kim', 'keys-room', url);
+  await log(page).getByText('k300', { exact: true }).waitFor(WAIT);
+  await page.waitForFunction(() => document.activeElement?.id === 'message', null, WAIT);
+  const bottom = await log(page).evaluate((el) => el.scrollTop);
+  await messageField(page).press('PageUp');
+  await page.waitForFunction((top) => document.querySelector('.log').scrollTop < top - 100, bottom, WAIT);
+  await messageField(page).press('PageDown');
+  await page.waitForFunction((top) => document.querySelector('.log').scrollTop >= top - 2, bottom, WAIT);
+  // The log itself takes the focus, and keys scroll it.
+  await log(page).focus();
+  await page.keyboard.press('Home');
+  await page.waitForFunction(() => document.querySelector('.log').scrollTop === 0, null, WAIT);
+
+  // From the keyboard, "Load older messages" keeps the focus while it
+  // loads and after; the start of the conversation hands it to the log.
+  await page.getByRole('button', { name: /older messages/ }).focus();
+  await page.keyboard.press('Enter');
+  await log(page).getByText('k201', { exact: true }).waitFor({ state: 'attached', ...WAIT });
+  const idle = page.getByRole('button', { name: 'Load older messages' });
+  await idle.waitFor({ state: 'attached', ...WAIT });
+  const focused = () => page.evaluate(() => document.activeElement?.className ?? '');
+  assert.match(await focused(), /load-older/);
+  const start = page.getByText('The start of the conversation');
+  for (let i = 0; i < 20 && await start.count() === 0; i++) {
+    if (await idle.count()) {
+      assert.match(await focused(), /load-older/);
+      await page.keyboard.press('Enter');
+    }
+    await page.waitForTimeout(250);
+  }
+  await start.waitFor({ state: 'attached', ...WAIT });
+  await page.waitForFunction(() => document.activeElement?.classList.contains('log'), null, WAIT);
+  await log(page).getByText('k1', { exact: true }).waitFor({ state: 'attached', ...WAIT });
+  await page.context().close();
+}));
+
+test('the composer: errors go once the text changes, drafts stay in their room, the newest stays in view as it grows', async () => {
+  const page = await openAs('Cal', 'draft-a');
+  assert.equal(await page.getByRole('main').count(), 1, 'the room is the main landmark');
+  await postAs('Pat', 'draft-a', numbered('d', 1, 9));
+  await log(page).getByText('d9', { exact: true }).waitFor(WAIT);
+  // A wrong address says so, until the text is edited.
+  await page.evaluate(() => { location.hash = '#not a room!'; });
+  const alert = page.getByRole('alert');
+  await alert.getByText(/is not a room/).waitFor(WAIT);
+  await messageField(page).type('half-written reply');
+  await alert.waitFor({ state: 'detached', ...WAIT });
+
+  // Six lines in the composer: the newest message stays in view.
+  await page.setViewportSize({ width: 1280, height: 420 });
+  const gap = () => log(page).evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+  assert.ok(await gap() < 4, 'at the newest');
+  await messageField(page).fill('1\n2\n3\n4\n5\n6');
+  await page.waitForTimeout(300);
+  assert.ok(await gap() < 4, `still at the newest after growing: ${await gap()}`);
+  await messageField(page).fill('half-written reply');
+
+  // Another room starts with an empty composer; back, the draft is there.
+  await page.evaluate(() => { location.hash = '#draft-b'; });
+  await members(page).getByText('Cal', { exact: true }).waitFor(WAIT);
+  await page.waitForFunction(() => location.hash === '#draft-b' && document.querySelector('h1')?.textContent === 'draft-b', null, WAIT);
+  assert.equal(await messageField(page).inputValue(), '');
+  await messageField(page).fill('for b');
+  await page.evaluate(() => { location.hash = '#draft-a'; });
+  await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'draft-a', null, WAIT);
+  assert.equal(await messageField(page).inputValue(), 'half-written reply');
+  await page.context().close();
+});
+
+test('the lobby asks for the name first, and a shared link says where it leads', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(base);
+  await page.waitForFunction(() => document.activeElement?.id === 'name', null, WAIT);
+  assert.equal(await page.getByLabel('Name').getAttribute('placeholder'), 'Your name');
+  const invited = await context.newPage();
+  await invited.goto(`${base}/#party`);
+  await invited.getByRole('heading', { name: "You're joining #party" }).waitFor(WAIT);
+  await invited.waitForFunction(() => document.activeElement?.id === 'name', null, WAIT);
+  await invited.getByLabel('Name').fill('Gus');
+  await invited.getByRole('button', { name: 'Join' }).click();
+  await members(invited).getByText('Gus', { exact: true }).waitFor(WAIT);
+  await context.close();
+});
+
+test('phone: a lost connection is one plain line, with Retry now', async () => {
+  const context = await browser.newContext(DEVICES.phone);
+  const page = await context.newPage();
+  let refuse = false;
+  let attempts = 0;
+  let current;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    attempts += 1;
+    if (refuse) return ws.close();
+    current = ws;
+    ws.connectToServer();
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Ray');
+  await page.getByLabel('Room').fill('a-rather-long-room-name');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await log(page).waitFor(WAIT);
+  refuse = true;
+  current.close();
+  const banner = page.locator('.banner');
+  await banner.getByText('Reconnecting…').waitFor(WAIT);
+  // One line, no address, and the room's name still readable.
+  assert.ok((await banner.boundingBox()).height < 50);
+  assert.doesNotMatch(await page.locator('body').innerText(), /ws:\/\//);
+  const title = await page.locator('h1').evaluate((h) => ({ needs: h.scrollWidth, has: h.clientWidth }));
+  assert.ok(title.needs <= title.has, `the room name fits: ${JSON.stringify(title)}`);
+  // Retry now tries at once, without waiting for the next attempt.
+  await page.waitForFunction(() => true);
+  while (attempts < 4) await page.waitForTimeout(50);
+  refuse = false;
+  const before = attempts;
+  await banner.getByRole('button', { name: 'Retry now' }).click();
+  await page.waitForTimeout(1000);
+  assert.ok(attempts > before, 'it tried again at once');
+  await page.getByText('Connected').waitFor(WAIT);
+  await banner.waitFor({ state: 'detached', ...WAIT });
+  // So does the browser saying that the network is back.
+  refuse = true;
+  current.close();
+  await banner.waitFor(WAIT);
+  while (attempts < before + 5) await page.waitForTimeout(50);
+  refuse = false;
+  const offline = attempts;
+  await context.setOffline(true);
+  await context.setOffline(false);
+  await page.waitForTimeout(1000);
+  assert.ok(attempts > offline, 'online again: it tried at once');
+  await page.getByText('Connected').waitFor(WAIT);
+  await context.close();
+});
+
+test('a message held back by the rate limit counts down to its turn', () => withOwnServer(async (url) => {
+  const page = await openAs('Tia', 'count-room', url);
+  await messageField(page).fill('one');
+  await messageField(page).press('Enter');
+  const waiting = log(page).getByText(/Sending in \d+ s…/);
+  await waiting.waitFor(WAIT);
+  const first = Number((await waiting.textContent()).match(/\d+/)[0]);
+  assert.ok(first >= 3, `a wait of a few seconds: ${first}`);
+  await log(page).getByText(`Sending in ${first - 1} s…`).waitFor(WAIT);
+  // Pending rows are outside the live region: only the server's copy is read out.
+  assert.equal(await page.getByRole('log').getByText(/Sending/).count(), 0);
+  await page.getByRole('log').getByText('one', { exact: true }).waitFor({ timeout: 20_000 });
+  await page.context().close();
+}, ['--rate-limit', '0.2', '--rate-burst', '1']));
+
 /** axe-core's serious and critical findings on the page as it is. */
 async function accessibilityProblems(page) {
   await page.addScriptTag({ path: AXE });
