@@ -53,6 +53,27 @@ async fn messages_reach_every_member_of_the_room_and_no_one_else() {
 }
 
 #[tokio::test]
+async fn rooms_whose_names_differ_only_in_case_are_one_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (mut ada, joined) = server.join("General", "Ada").await;
+    assert_eq!(joined["room"], "general");
+    let (mut bo, _) = server.join("general", "Bo").await;
+    assert_eq!(expect(&mut ada, "presence").await["room"], "general");
+    say(&mut bo, "one room").await;
+    for socket in [&mut ada, &mut bo] {
+        let message = expect(socket, "message").await;
+        assert_eq!(
+            (&message["room"], &message["data"]),
+            (&json!("general"), &json!("one room"))
+        );
+    }
+    // A link spelled another way finds the same history.
+    let (_, later) = server.join("GENERAL", "Cy").await;
+    assert_eq!(later["history"][0]["data"], "one room");
+}
+
+#[tokio::test]
 async fn presence_tells_the_others_who_comes_and_goes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

@@ -1057,6 +1057,26 @@ for (const [device, options] of Object.entries(DEVICES)) test(`${device}: multi-
   await page.context().close();
 });
 
+test('a room name typed in another case is the same room, shown as each person spelled it', async () => {
+  const ada = await openAs('Ada', 'Case-Room');
+  const bo = await openAs('Bo', 'case-room');
+  await members(ada).getByText('Bo', { exact: true }).waitFor(WAIT);
+  await members(bo).getByText('Ada', { exact: true }).waitFor(WAIT);
+  assert.equal(await ada.locator('h1').textContent(), 'Case-Room');
+  assert.equal(new URL(ada.url()).hash, '#Case-Room');
+  assert.equal(await bo.locator('h1').textContent(), 'case-room');
+  await messageField(bo).fill('same room');
+  await messageField(bo).press('Enter');
+  await log(ada).getByText('same room', { exact: true }).waitFor(WAIT);
+  // Editing the address to another case is not a switch.
+  await ada.evaluate(() => { location.hash = '#CASE-ROOM'; });
+  await ada.waitForTimeout(500);
+  assert.equal(await log(ada).getByText('same room', { exact: true }).count(), 1);
+  assert.equal(await log(bo).getByText(/Ada\u2069 (left|joined)/).count(), 0);
+  await ada.context().close();
+  await bo.context().close();
+});
+
 /** A chat-local of its own, with no rate limits, for `run(url)`. */
 async function withOwnServer(run, extra = ['--rate-limit', '0']) {
   const data = mkdtempSync(join(tmpdir(), 'chat-own-'));

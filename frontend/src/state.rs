@@ -68,7 +68,11 @@ pub const CATCH_UP_MAX: usize = 500;
 /// The room this tab is in, as the server confirmed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
+    /// The room's id, as the server sends it.
     pub room: String,
+    /// The room's name as this person spelled it (`#General` is the room
+    /// `general`).
+    pub shown: String,
     pub name: String,
 }
 
@@ -315,9 +319,14 @@ impl ChatState {
                     .first()
                     .map(|HistoryEntry::Message(m)| (m.id.clone(), m.ts));
                 // The address names the room once the server has it in it.
-                crate::browser::set_fragment(Some(&room), crate::browser::Entry::Push);
-                crate::browser::remember_room(&room);
-                self.joined.set(Some(Membership { room, name }));
+                let shown = self
+                    .target
+                    .with_untracked(|t| t.as_ref().map(|(r, _)| r.shown().to_owned()))
+                    .filter(|shown| shown.eq_ignore_ascii_case(&room))
+                    .unwrap_or_else(|| room.clone());
+                crate::browser::set_fragment(Some(&shown), crate::browser::Entry::Push);
+                crate::browser::remember_room(&shown);
+                self.joined.set(Some(Membership { room, shown, name }));
                 self.members.set(members);
                 self.count.set(count);
                 self.error.set(None);
@@ -719,10 +728,10 @@ impl ChatState {
                 let name = self
                     .target
                     .with_untracked(|t| t.as_ref().map(|(_, n)| n.clone()));
-                let back = Room::parse(&current.room).ok().zip(name);
+                let back = Room::parse(&current.shown).ok().zip(name);
                 self.target.set(back);
                 self.early.update_value(Vec::clear);
-                crate::browser::set_fragment(Some(&current.room), crate::browser::Entry::Replace);
+                crate::browser::set_fragment(Some(&current.shown), crate::browser::Entry::Replace);
                 Followup::Nothing
             }
         }
@@ -831,7 +840,7 @@ impl ChatState {
         self.save_read();
         self.switch_draft(None);
         if let Some(joined) = self.joined.get_untracked() {
-            self.last_room.set(Some(joined.room));
+            self.last_room.set(Some(joined.shown));
         }
         self.joined.set(None);
         self.members.set(Vec::new());

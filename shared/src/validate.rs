@@ -28,14 +28,67 @@ impl ProtocolError {
     }
 }
 
-/// A room id: 1 to 64 of `A-Z a-z 0-9 _ . : -`.
+/// A room: 1 to 64 of `A-Z a-z 0-9 _ . : -`.
 ///
 /// Kept to a URL- and key-safe alphabet so a room can sit in a link's fragment,
-/// a query string and a DynamoDB key without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// a query string and a DynamoDB key without escaping. Names that differ only
+/// in case are one room (`#General` is `#general`: a link and a name typed
+/// from memory must meet): its id, used on the wire and as the key, is the
+/// name in lower case. The alphabet is ASCII, so there is nothing to
+/// normalize beyond that. [`Room::shown`] keeps the spelling given, for
+/// display.
+#[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(try_from = "String", into = "String"))]
-pub struct Room(String);
+pub struct Room {
+    id: String,
+    shown: String,
+}
+
+impl PartialEq for Room {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Room {}
+
+impl std::hash::Hash for Room {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl PartialOrd for Room {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Room {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+impl TryFrom<String> for Room {
+    type Error = ProtocolError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Room> for String {
+    fn from(room: Room) -> String {
+        room.id
+    }
+}
+
+impl fmt::Display for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
 
 impl Room {
     pub fn parse(raw: &str) -> Result<Self, ProtocolError> {
@@ -48,11 +101,20 @@ impl Room {
                 ),
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self {
+            id: raw.to_ascii_lowercase(),
+            shown: raw.to_owned(),
+        })
     }
 
+    /// The room's id: what the server knows it by.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The spelling it was given.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 }
 
@@ -191,7 +253,6 @@ macro_rules! string_newtype {
     };
 }
 
-string_newtype!(Room);
 string_newtype!(Name);
 
 #[cfg(test)]
@@ -200,12 +261,21 @@ mod tests {
 
     #[test]
     fn rooms_follow_the_documented_alphabet_and_length() {
-        for good in ["a", "chat:1", "Team_A.b-c", &"x".repeat(64)] {
+        for good in ["a", "chat:1", "team_a.b-c", &"x".repeat(64)] {
             assert_eq!(Room::parse(good).unwrap().as_str(), good);
         }
         for bad in ["", " lobby", "a b", "späti", "a/b", "a#b", &"x".repeat(65)] {
             assert_eq!(Room::parse(bad).unwrap_err().code, ErrorCode::InvalidRoom);
         }
+    }
+
+    #[test]
+    fn rooms_differing_only_in_case_are_one_room_shown_as_given() {
+        let typed = Room::parse("Team_A.B-c").unwrap();
+        assert_eq!(typed.as_str(), "team_a.b-c");
+        assert_eq!(typed.shown(), "Team_A.B-c");
+        assert_eq!(typed, Room::parse("team_A.b-C").unwrap());
+        assert_eq!(String::from(typed), "team_a.b-c");
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Chat {
             .or_else(|| browser::remembered_name().and_then(|n| Name::parse(&n).ok()));
         match name {
             Some(name) => self.join(room, name),
-            None => self.state.last_room.set(Some(room.as_str().to_owned())),
+            None => self.state.last_room.set(Some(room.shown().to_owned())),
         }
     }
 
@@ -72,7 +72,7 @@ impl Chat {
                     error.message
                 )));
                 // The address goes back to where the user is.
-                let current = target.as_ref().map(|(room, _)| room.as_str());
+                let current = target.as_ref().map(|(room, _)| room.shown());
                 browser::set_fragment(current, browser::Entry::Replace);
                 return;
             }
@@ -84,7 +84,7 @@ impl Chat {
             (Some((current, _)), _) if current == room => {}
             (_, Some(name)) => self.join(room, name),
             // No name yet: the lobby shows the room, to join once named.
-            (_, None) => self.state.last_room.set(Some(room.as_str().to_owned())),
+            (_, None) => self.state.last_room.set(Some(room.shown().to_owned())),
         }
     }
 }
@@ -141,7 +141,7 @@ pub fn App() -> impl IntoView {
         }
     });
     Effect::new(move |_| {
-        let room = state.joined.with(|j| j.as_ref().map(|j| j.room.clone()));
+        let room = state.joined.with(|j| j.as_ref().map(|j| j.shown.clone()));
         let title = match (room, state.unread.get()) {
             (None, _) => "Chat rooms".to_owned(),
             (Some(room), 0) => format!("#{room} · Chat rooms"),

@@ -14,7 +14,7 @@ pub fn RoomView() -> impl IntoView {
     let room = move || {
         state
             .joined
-            .with(|j| j.as_ref().map(|j| j.room.clone()).unwrap_or_default())
+            .with(|j| j.as_ref().map(|j| j.shown.clone()).unwrap_or_default())
     };
     let me = move || {
         state
