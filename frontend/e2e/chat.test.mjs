@@ -334,7 +334,7 @@ test('messages waiting in one room never go to the room switched to', async () =
   await inA.context().close();
 });
 
-test('a message whose answer was lost is not sent again, and one unsent survives a reload', async () => {
+for (const store of ['memory', 'dynamodb']) test(`${store}: a message whose answer was lost is not sent again, and one unsent survives a reload`, () => withOwnServer(async (base) => {
   const context = await browser.newContext();
   const page = await context.newPage();
   // First the message's own echo never reaches the page: its socket is
@@ -360,7 +360,7 @@ test('a message whose answer was lost is not sent again, and one unsent survives
   await page.getByLabel('Room').fill('lost-room');
   await page.getByRole('button', { name: 'Join' }).click();
   await log(page).waitFor(WAIT);
-  const obs = await openAs('Obs', 'lost-room');
+  const obs = await openAs('Obs', 'lost-room', base);
   await members(page).getByText('Obs', { exact: true }).waitFor(WAIT);
   await messageField(page).fill('answer lost');
   await messageField(page).press('Enter');
@@ -372,6 +372,9 @@ test('a message whose answer was lost is not sent again, and one unsent survives
   await page.waitForTimeout(1500);
   await expectTexts(obs, ['answer lost'], 'exactly one copy');
   await expectTexts(page, ['answer lost'], 'exactly one copy here too');
+  const later = await openAs('Lee', 'lost-room', base);
+  await expectTexts(later, ['answer lost'], 'exactly one copy in history');
+  await later.context().close();
   const own = log(page).locator('.message', { hasText: 'answer lost' });
   assert.match(await own.getAttribute('class'), /\bmine\b/);
 
@@ -389,7 +392,7 @@ test('a message whose answer was lost is not sent again, and one unsent survives
   await expectTexts(obs, ['answer lost', 'kept across a reload'], 'sent after the reload, once');
   await expectTexts(page, ['answer lost', 'kept across a reload'], 'and confirmed');
   // Another person of the same name is not taken for oneself.
-  const twin = await openAs('Lou', 'lost-room');
+  const twin = await openAs('Lou', 'lost-room', base);
   await messageField(twin).fill('the other Lou');
   await messageField(twin).press('Enter');
   await expectTexts(page, ['answer lost', 'kept across a reload', 'the other Lou'], 'seen');
@@ -398,7 +401,7 @@ test('a message whose answer was lost is not sent again, and one unsent survives
   await twin.context().close();
   await obs.context().close();
   await context.close();
-});
+}, ['--store', store]));
 
 test('under API Gateway\'s rules idle tabs stay connected and forced reconnects are quiet', async () => {
   // No server pings, a 3 s idle timeout, connections cut after 15 s; the app
