@@ -91,6 +91,7 @@ class Project:
         for part in ["scripts", ".ci"]:
             shutil.copytree(ROOT / part, self.dir / part)
         shutil.copy(ROOT / "Cargo.lock", self.dir)
+        shutil.copy(ROOT / "template.yaml", self.dir)
         (self.dir / "frontend").mkdir()
         self.bin = self.dir / "stubs"
         self.bin.mkdir()
@@ -164,6 +165,55 @@ class Deploy(unittest.TestCase):
                 self.assertIn(f"--exclude {exclude}", line)
         config_json = (project.dir / "dist" / "config.json").read_text()
         self.assertIn('"websocketUrl": "wss://abc123.execute-api.eu-west-1.amazonaws.com/prod"', config_json)
+
+    def sam_deploy_line(self, project: Project) -> str:
+        return project.call_lines()[project.index("sam deploy")]
+
+    def test_every_parameter_is_passed_so_an_override_never_sticks(self):
+        project = self.project("UPDATE_COMPLETE")
+        result = project.run("deploy", SAM_PARAMETERS="RateLimit=0 RateBurst=20", ALLOWED_ORIGINS="https://a.example, https://b.example")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        line = self.sam_deploy_line(project)
+        for given in ['RateLimit="0"', 'RateBurst="20"', 'AllowedOrigins="https://a.example, https://b.example"', 'StageName="prod"', 'ConnectReservedConcurrency="0"']:
+            self.assertIn(given, line)
+        self.assertRegex(result.stdout, r"RateLimit\s+0\n")
+        # The next plain deploy puts the defaults back, and clears the origins.
+        project.calls.write_text("")
+        result = project.run("deploy")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        line = self.sam_deploy_line(project)
+        for default in ['RateLimit="2"', 'RateBurst="10"', 'AllowedOrigins=""', 'ThrottlingRateLimit="500"']:
+            self.assertIn(default, line)
+        # Every parameter of the template, no more.
+        names = [l.split("=")[0] for l in subprocess.run(
+            ["python3", "scripts/template_parameters.py", "template.yaml"], cwd=project.dir,
+            capture_output=True, text=True, check=True).stdout.splitlines()]
+        self.assertGreaterEqual(len(names), 9)
+        for name in names:
+            self.assertIn(f" {name}=", line)
+
+    def test_an_unknown_parameter_is_refused_before_anything_is_built(self):
+        project = self.project("UPDATE_COMPLETE")
+        result = project.run("deploy", SAM_PARAMETERS="RateLimt=0")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("RateLimt=0", result.stderr)
+        calls = project.calls.read_text()
+        self.assertNotIn("sam build", calls)
+        self.assertNotIn("sam deploy", calls)
+
+    def test_the_web_app_is_built_before_the_stack_and_sam_build_has_no_beta_features(self):
+        project = self.project("NONE")
+        result = project.run("deploy")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertLess(project.index("trunk build"), project.index("sam build"))
+        self.assertLess(project.index("sam build"), project.index("sam deploy"))
+        self.assertNotIn("--beta-features", project.calls.read_text())
+
+    def test_an_update_rollback_failure_names_the_region_in_its_hint(self):
+        project = self.project("UPDATE_ROLLBACK_FAILED")
+        result = project.run("deploy")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("continue-update-rollback --stack-name chat-rooms --region eu-west-1", result.stderr)
 
     def test_a_stack_left_by_a_failed_first_deploy_is_explained_not_retried(self):
         project = self.project("ROLLBACK_COMPLETE")
