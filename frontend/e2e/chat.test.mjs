@@ -648,7 +648,7 @@ test('missed messages are filled in after a dropped connection, and the room say
     await eve.getByText(/Reconnecting|Connecting/).first().waitFor(WAIT);
     await postAs('Pam', 'gap-room', numbered('m', 121, 680), chat.url);
     refuse = false;
-    const gap = log(eve).getByRole('separator', { name: 'Missed messages' });
+    const gap = log(eve).getByRole('group', { name: 'Missed messages' });
     await gap.getByRole('button', { name: 'Load them' }).waitFor({ timeout: 30_000 });
     await expectTexts(eve, [...numbered('m', 1, 120), ...numbered('m', 131, 680)], 'the latest 550');
     await gap.getByRole('button', { name: 'Load them' }).click();
@@ -1080,6 +1080,73 @@ test('a room name typed in another case is the same room, shown as each person s
   await bo.context().close();
 });
 
+/** Makes `page` look hidden (or shown again) to the app, as a switch of tab does. */
+const setHidden = (page, hidden) => page.evaluate((hidden) => {
+  Object.defineProperty(document, 'hidden', { value: hidden, configurable: true });
+  Object.defineProperty(document, 'visibilityState', { value: hidden ? 'hidden' : 'visible', configurable: true });
+  document.dispatchEvent(new Event('visibilitychange', { bubbles: true }));
+}, hidden);
+
+test('a message left by a hidden tab is sent once, by the page that took it', async () => {
+  const context = await browser.newContext();
+  const hidden = await context.newPage();
+  let refuse = false;
+  let current;
+  await hidden.routeWebSocket(/\/ws/, (ws) => {
+    if (refuse) return ws.close();
+    current = ws;
+    ws.connectToServer();
+  });
+  await hidden.goto(base);
+  await hidden.getByLabel('Name').fill('Hal');
+  await hidden.getByLabel('Room').fill('handoff-room');
+  await hidden.getByRole('button', { name: 'Join' }).click();
+  await log(hidden).waitFor(WAIT);
+  const obs = await openAs('Obs', 'handoff-room');
+  refuse = true;
+  current.close();
+  await hidden.getByText(/Reconnecting|Connecting/).first().waitFor(WAIT);
+  await messageField(hidden).fill('handed over');
+  await messageField(hidden).press('Enter');
+  await expectTexts(hidden, ['handed over'], 'waiting');
+  // Out of sight, its message is saved; a page opened now takes it. That
+  // page's send is held back, and so is any copy reaching it, so that the
+  // two pages would both send it if the hidden one did at all.
+  await setHidden(hidden, true);
+  const taker = await context.newPage();
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  await taker.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.action === 'sendmessage') released.then(() => server.send(text));
+      else server.send(text);
+    });
+    server.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.type === 'message') released.then(() => ws.send(text));
+      else ws.send(text);
+    });
+  });
+  await taker.goto(`${base}/#handoff-room`);
+  await members(taker).getByText('Obs', { exact: true }).waitFor(WAIT);
+  await log(taker).getByText('Sending…').waitFor(WAIT);
+  // The hidden tab reconnects meanwhile: it does not send it.
+  refuse = false;
+  await hidden.getByText('Connected').waitFor({ timeout: 30_000 });
+  await hidden.waitForTimeout(1500);
+  release();
+  await expectTexts(obs, ['handed over'], 'sent by the page that took it');
+  await setHidden(hidden, false);
+  await hidden.waitForTimeout(1000);
+  await expectTexts(obs, ['handed over'], 'exactly once');
+  await log(hidden).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+  await log(taker).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+  await context.close();
+  await obs.context().close();
+});
+
 /** A chat-local of its own, with no rate limits, for `run(url)`. */
 async function withOwnServer(run, extra = ['--rate-limit', '0']) {
   const data = mkdtempSync(join(tmpdir(), 'chat-own-'));
@@ -1139,6 +1206,12 @@ test('phone: a crowd fits a small screen: members behind a button, comings and g
   assert.match(await page.locator('.you').textContent(), /as Pia/);
   await page.getByRole('button', { name: /^Members/ }).click();
   await members(page).getByText('Guest 60', { exact: true }).waitFor(WAIT);
+  // The sheet has the focus; Escape closes it and gives the focus back.
+  await page.waitForFunction(() => document.activeElement?.textContent === 'Close', null, WAIT);
+  await page.keyboard.press('Escape');
+  await members(page).waitFor({ state: 'hidden', ...WAIT });
+  await page.waitForFunction(() => document.activeElement?.classList.contains('members-toggle'), null, WAIT);
+  await page.getByRole('button', { name: /^Members/ }).click();
   await page.getByRole('button', { name: 'Close' }).click();
   await members(page).waitFor({ state: 'hidden', ...WAIT });
 

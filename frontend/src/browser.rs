@@ -74,7 +74,7 @@ pub fn recent_rooms() -> Vec<String> {
 /// Puts `room` first among the recent ones (room names have no spaces).
 pub fn remember_room(room: &str) {
     let mut rooms = recent_rooms();
-    rooms.retain(|r| r != room);
+    rooms.retain(|r| !r.eq_ignore_ascii_case(room));
     rooms.insert(0, room.to_owned());
     rooms.truncate(RECENT_ROOMS);
     if let Ok(Some(storage)) = window().local_storage() {
@@ -257,16 +257,9 @@ pub fn remember_sent(nonce: &str) {
 
 const OUTBOX_KEY: &str = "chat.outbox";
 
-/// The messages a page of this browser left unsent when it closed (or
-/// reloaded): taken, so that one page, not every open tab, sends them, when
-/// their room is joined again. Saved only as a page goes away, for the
-/// same reason: a live tab's messages are its own.
-pub fn take_saved_outbox() -> Vec<crate::state::Outgoing> {
-    let saved = stored(OUTBOX_KEY);
-    if let Ok(Some(storage)) = window().local_storage() {
-        let _ = storage.remove_item(OUTBOX_KEY);
-    }
-    let Some(saved) = saved.and_then(|text| js_sys::JSON::parse(&text).ok()) else {
+/// The messages pages of this browser left unsent, as saved.
+fn saved_outbox() -> Vec<crate::state::Outgoing> {
+    let Some(saved) = stored(OUTBOX_KEY).and_then(|text| js_sys::JSON::parse(&text).ok()) else {
         return Vec::new();
     };
     if !js_sys::Array::is_array(&saved) {
@@ -275,57 +268,88 @@ pub fn take_saved_outbox() -> Vec<crate::state::Outgoing> {
     js_sys::Array::from(&saved)
         .iter()
         .filter_map(|item| {
+            let failed =
+                crate::wire::field(&item, "failed").and_then(|f| f.as_bool()) == Some(true);
             Some(crate::state::Outgoing {
                 nonce: crate::wire::string(&item, "nonce").filter(|n| shared::is_nonce(n))?,
-                room: crate::wire::string(&item, "room")?,
+                // Rooms are known by their lower-case id (older pages saved
+                // the spelling).
+                room: crate::wire::string(&item, "room")?.to_ascii_lowercase(),
                 text: crate::wire::string(&item, "text")?,
-                sending: crate::state::Sending::Queued,
+                // One the person was to decide about stays so.
+                sending: if failed {
+                    crate::state::Sending::Failed
+                } else {
+                    crate::state::Sending::Queued
+                },
             })
         })
         .collect()
 }
 
-/// Leaves `outgoing` for the next page ([`take_saved_outbox`]), with what
-/// an earlier page left and no page took yet. Whether it was saved.
+/// The messages pages of this browser left unsent when they closed (or
+/// reloaded, or were hidden): taken, so that one page, not every open tab,
+/// sends them, when their room is joined again.
+pub fn take_saved_outbox() -> Vec<crate::state::Outgoing> {
+    let saved = saved_outbox();
+    if let Ok(Some(storage)) = window().local_storage() {
+        let _ = storage.remove_item(OUTBOX_KEY);
+    }
+    saved
+}
+
+/// Leaves `outgoing` for the next page ([`take_saved_outbox`]), beside what
+/// other pages left and no page took yet. Whether it was saved (if not,
+/// what was saved before stays as it was).
 pub fn save_outbox(outgoing: &[crate::state::Outgoing]) -> bool {
-    let mut all = take_saved_outbox();
+    let mut all = saved_outbox();
     for o in outgoing {
-        if !all.iter().any(|a| a.nonce == o.nonce) {
-            all.push(o.clone());
+        match all.iter_mut().find(|a| a.nonce == o.nonce) {
+            Some(saved) => saved.sending = o.sending,
+            None => all.push(o.clone()),
         }
     }
     write_outbox(&all)
 }
 
-/// This page is back in sight (or back from the back-forward cache) after
-/// [`save_outbox`]: of `nonces`, those still saved are its own again, and
-/// are returned; the others were taken by a page opened meanwhile, which
-/// sends them.
+/// This page is in sight again (or sending while hidden) after
+/// [`save_outbox`]: of `nonces`, those still saved are its own again, are
+/// taken back and returned; the others were taken by a page opened
+/// meanwhile, which sends them.
 pub fn reclaim_outbox(nonces: &[String]) -> Vec<String> {
-    if stored(OUTBOX_KEY).is_none() && window().local_storage().ok().flatten().is_none() {
+    if window().local_storage().ok().flatten().is_none() {
         // Storage cannot be read: nothing can have been taken from it.
         return nonces.to_vec();
     }
-    let mut all = take_saved_outbox();
+    let mut all = saved_outbox();
     let mine: Vec<String> = all
         .iter()
         .filter(|o| nonces.contains(&o.nonce))
         .map(|o| o.nonce.clone())
         .collect();
-    all.retain(|o| !mine.contains(&o.nonce));
-    write_outbox(&all);
+    if !mine.is_empty() {
+        all.retain(|o| !mine.contains(&o.nonce));
+        write_outbox(&all);
+    }
     mine
 }
 
+/// Writes the saved list whole (none: the key goes). Whether it was written.
 fn write_outbox(all: &[crate::state::Outgoing]) -> bool {
     if all.is_empty() {
-        return true;
+        if let Ok(Some(storage)) = window().local_storage() {
+            return storage.remove_item(OUTBOX_KEY).is_ok();
+        }
+        return false;
     }
     let items = js_sys::Array::new();
-    for o in all.iter().take(crate::state::OUTBOX_MAX) {
+    for o in all {
         let item = js_sys::Object::new();
         for (key, value) in [("nonce", &o.nonce), ("room", &o.room), ("text", &o.text)] {
             let _ = js_sys::Reflect::set(&item, &key.into(), &value.into());
+        }
+        if o.sending == crate::state::Sending::Failed {
+            let _ = js_sys::Reflect::set(&item, &"failed".into(), &true.into());
         }
         items.push(&item);
     }

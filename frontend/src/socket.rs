@@ -14,7 +14,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{MessageEvent, WebSocket};
 
-use crate::state::{ChatState, Followup, Older, Request, Status};
+use crate::state::{ChatState, Followup, Request, Status};
 use crate::wire;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -67,6 +67,10 @@ struct Link {
     answer_deadline: Option<Timeout>,
     /// The next page of missed messages, after a rate limit.
     next_gap_page: Option<Timeout>,
+    /// The `history` request on its way is answered by then, or it is
+    /// given up (a gap offers to try again, and messages may go; the top
+    /// offers older messages again).
+    history_deadline: Option<Timeout>,
 }
 
 /// Starts the connection for the life of the page.
@@ -116,10 +120,22 @@ impl Outbox {
                 before: Some(before),
             })
         {
-            self.state
-                .unanswered
-                .update_value(|unanswered| unanswered.push_back(Request::Gap(key)));
+            self.asked(Request::Gap(key));
         }
+    }
+
+    /// `request` has been sent: it waits for its answer, for a while.
+    pub fn asked(&self, request: Request) {
+        self.state
+            .unanswered
+            .update_value(|unanswered| unanswered.push_back(request.clone()));
+        let outbox = *self;
+        let deadline = Timeout::new(ANSWER_DEADLINE.as_millis() as u32, move || {
+            outbox.state.unanswered_for_too_long(&request);
+            outbox.flush();
+        });
+        self.link
+            .update_value(|link| link.history_deadline = Some(deadline));
     }
 
     /// Sends the next outgoing message if its turn has come, or sets a
@@ -205,15 +221,10 @@ impl Outbox {
         self.link.update_value(|link| link.steady = Some(steady));
         state.status.set(Status::Online);
         // Nothing sent on the old socket will be answered on this one.
-        state
-            .unanswered
-            .update_value(std::collections::VecDeque::clear);
+        state.forget_requests();
         // Messages on their way wait for the rejoin's history to say
         // whether they arrived.
         state.connection_lost();
-        if state.older.get_untracked() == Older::Loading {
-            state.older.set(Older::Maybe);
-        }
         self.rejoin_target();
         self.beat();
     }
@@ -292,6 +303,7 @@ impl Outbox {
             link.next_message = None;
             link.answer_deadline = None;
             link.next_gap_page = None;
+            link.history_deadline = None;
             link.steady = None;
             link.failures += 1;
             Some(retry_delay(link.failures))

@@ -99,8 +99,11 @@ pub struct ChatState {
     /// Messages that came while the tab was hidden (shown in its title).
     pub unread: RwSignal<usize>,
     /// Requests sent and not yet answered, oldest first: the server answers
-    /// each, in order, with a `history` frame or an error.
+    /// each, in order, with a `history` frame or an error. (At most one is
+    /// on its way at a time: on AWS answers to two could cross.)
     pub unanswered: StoredValue<std::collections::VecDeque<Request>>,
+    /// Answers still to come to requests given up on for taking too long.
+    late: StoredValue<u32>,
     /// Messages written here and not yet confirmed, oldest first.
     pub outgoing: RwSignal<Vec<Outgoing>>,
     /// Nonces of the messages left for another page when this one was last
@@ -252,6 +255,7 @@ impl ChatState {
             drafts: StoredValue::new(BTreeMap::new()),
             unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
+            late: StoredValue::new(0),
             outgoing: RwSignal::new(crate::browser::take_saved_outbox()),
             handed: StoredValue::new(Vec::new()),
             seen: StoredValue::new(BTreeSet::new()),
@@ -441,6 +445,9 @@ impl ChatState {
                 // pause; missed messages as soon as the server allows.
                 if action.as_deref() == Some("history") {
                     let request = self.take_unanswered();
+                    if request.is_none() && self.take_late() {
+                        return Followup::Nothing;
+                    }
                     if code == ErrorCode::NotInRoom && current.is_some() {
                         return Followup::RetryJoin;
                     }
@@ -459,15 +466,17 @@ impl ChatState {
                 {
                     return self.join_failed(&failed, current, code);
                 }
+                let mut followup = Followup::Nothing;
                 if action.is_none() && self.unanswered.with_value(|u| !u.is_empty()) {
                     let request = self.take_unanswered();
-                    self.history_refused(request, code, None);
+                    followup = self.history_refused(request, code, retry_after_ms);
                 }
                 // The server has lost this tab's membership (a store
                 // outage, a record expired): join again.
                 if code == ErrorCode::NotInRoom && current.is_some() {
                     return Followup::RetryJoin;
                 }
+                return followup;
             }
             ServerFrame::History {
                 room,
@@ -475,7 +484,7 @@ impl ChatState {
                 more,
             } => {
                 let request = self.take_unanswered();
-                if !self.is_current_room(&room) {
+                if !self.is_current_room(&room) || (request.is_none() && self.take_late()) {
                     return Followup::Nothing;
                 }
                 let messages = messages.into_iter().map(|HistoryEntry::Message(m)| m);
@@ -485,6 +494,8 @@ impl ChatState {
                         self.add_older(messages);
                         self.older
                             .set(if more { Older::Maybe } else { Older::None });
+                        // A gap waiting for its turn may ask now.
+                        return Followup::Flush;
                     }
                 }
             }
@@ -544,6 +555,7 @@ impl ChatState {
         if self.in_flight.with_value(Option::is_some) || self.filling.get_untracked().is_some() {
             return Ok(None);
         }
+        self.claim_next(&room);
         let mut next = Ok(None);
         self.outgoing.update(|outgoing| {
             let Some(first) = outgoing
@@ -563,6 +575,28 @@ impl ChatState {
             }
         });
         next
+    }
+
+    /// While this page's messages are saved for another (it was hidden),
+    /// the next to go is taken back from the saved list first: if another
+    /// page took it meanwhile, that page sends it, and this one drops it.
+    fn claim_next(&self, room: &str) {
+        loop {
+            let next = self.outgoing.with_untracked(|outgoing| {
+                outgoing
+                    .iter()
+                    .find(|o| o.room == room && o.sending != Sending::Failed)
+                    .map(|o| o.nonce.clone())
+            });
+            let Some(nonce) = next.filter(|n| self.handed.with_value(|h| h.contains(n))) else {
+                return;
+            };
+            self.handed.update_value(|h| h.retain(|n| *n != nonce));
+            if !crate::browser::reclaim_outbox(std::slice::from_ref(&nonce)).is_empty() {
+                return;
+            }
+            self.outgoing.update(|o| o.retain(|o| o.nonce != nonce));
+        }
     }
 
     /// The connection is gone: what was on its way may or may not have
@@ -924,6 +958,27 @@ impl ChatState {
         }
     }
 
+    /// A new connection: nothing asked on the old one will be answered.
+    pub fn forget_requests(&self) {
+        self.unanswered
+            .update_value(std::collections::VecDeque::clear);
+        self.late.set_value(0);
+        if self.older.get_untracked() == Older::Loading {
+            self.older.set(Older::Maybe);
+        }
+    }
+
+    /// Whether an answer came to a request given up on: it is that answer.
+    fn take_late(&self) -> bool {
+        self.late
+            .try_update_value(|late| {
+                let was = *late > 0;
+                *late = late.saturating_sub(1);
+                was
+            })
+            .unwrap_or(false)
+    }
+
     /// Removes and returns the oldest unanswered request: the one the
     /// server's next answer is for.
     fn take_unanswered(&self) -> Option<Request> {
@@ -945,8 +1000,8 @@ impl ChatState {
             }
             // Anything else stops the filling: the gap offers to try again,
             // and messages of ours may go.
-            Some(Request::Gap(_)) => {
-                self.filling.set(None);
+            Some(Request::Gap(key)) => {
+                self.stop_filling(key);
                 Followup::Flush
             }
             Some(Request::History) | None => {
@@ -988,10 +1043,9 @@ impl ChatState {
     /// the message it ends before. None while a page is on its way.
     pub fn next_gap_request(&self) -> Option<(u64, String)> {
         let key = self.filling.get_untracked()?;
-        if self
-            .unanswered
-            .with_value(|u| u.contains(&Request::Gap(key)))
-        {
+        // One `history` request at a time: on AWS each is answered by a
+        // function of its own, so two answers could come in either order.
+        if self.unanswered.with_value(|u| !u.is_empty()) {
             return None;
         }
         let before = self
@@ -1019,7 +1073,7 @@ impl ChatState {
     /// start (or to the room's first message).
     fn fill_gap(&self, key: u64, messages: Vec<ChatMessage>, more: bool) -> Followup {
         let Some(mut gap) = self.gaps.with_value(|gaps| gaps.get(&key).cloned()) else {
-            self.filling.set(None);
+            self.stop_filling(key);
             return Followup::Flush;
         };
         let reached = !more || messages.first().is_none_or(|m| m.id <= gap.after);
@@ -1027,6 +1081,11 @@ impl ChatState {
             gap.before = first.id.clone();
         }
         gap.fetched += messages.len();
+        // A message of ours that arrived although its answer never came is
+        // not sent again (wherever in the page it is).
+        for m in &messages {
+            self.confirm(m);
+        }
         let missed: Vec<Entry> = messages
             .into_iter()
             .filter(|m| m.id > gap.after)
@@ -1036,9 +1095,6 @@ impl ChatState {
                     .unwrap_or(false)
             })
             .map(|m| {
-                // A message of ours that arrived although its answer never
-                // came: it is not sent again.
-                self.confirm(&m);
                 let mine = self.is_mine(&m);
                 Entry::Message(m, mine)
             })
@@ -1063,7 +1119,7 @@ impl ChatState {
             self.gaps.update_value(|gaps| {
                 gaps.remove(&key);
             });
-            self.filling.set(None);
+            self.stop_filling(key);
             return Followup::Flush;
         }
         let enough = gap.fetched >= CATCH_UP_MAX;
@@ -1072,9 +1128,32 @@ impl ChatState {
         });
         if enough {
             // The rest waits for the person to ask; what we wrote goes.
-            self.filling.set(None);
+            self.stop_filling(key);
         }
         Followup::Flush
+    }
+
+    /// Gap `key` is filled no further for now (another may be).
+    fn stop_filling(&self, key: u64) {
+        if self.filling.get_untracked() == Some(key) {
+            self.filling.set(None);
+        }
+    }
+
+    /// `request` got no answer in time: it is waited for no longer, and
+    /// its answer, should it come after all, is dropped.
+    pub fn unanswered_for_too_long(&self, request: &Request) {
+        let waiting = self.unanswered.with_value(|u| u.front() == Some(request));
+        if !waiting {
+            return;
+        }
+        self.take_unanswered();
+        self.late.update_value(|late| *late += 1);
+        match request {
+            // Its gap offers to try again; messages of ours may go.
+            Request::Gap(key) => self.stop_filling(*key),
+            Request::History => self.older.set(Older::Maybe),
+        }
     }
 
     /// The id of the log's last message.
@@ -1156,6 +1235,15 @@ impl ChatState {
             }
         });
         if !trimmed.is_empty() {
+            // The first new message gone: the divider goes with it rather
+            // than move to the top.
+            if let Some(mark) = self.read_mark.get_untracked()
+                && trimmed
+                    .iter()
+                    .any(|e| matches!(e, Entry::Message(m, false) if m.id > mark))
+            {
+                self.read_mark.set(None);
+            }
             // What went can be loaded again.
             self.seen.update_value(|seen| {
                 for entry in &trimmed {

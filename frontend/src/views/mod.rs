@@ -250,11 +250,20 @@ pub fn ReconnectBanner() -> impl IntoView {
             }
         })
     };
+    // Shown from the first failed attempt until connected again, the tries
+    // in between included: the banner (and a focused Retry now) stays put.
+    let reconnecting = Memo::new(move |before: Option<&bool>| match state.status.get() {
+        Status::Online => false,
+        Status::Offline => true,
+        Status::Connecting => before.copied().unwrap_or(false),
+    });
+    let trying = move || state.status.get() == Status::Connecting;
     view! {
-        <Show when=move || state.status.get() == Status::Offline || state.unreachable.with(Option::is_some)>
+        <Show when=move || reconnecting.get() || state.unreachable.with(Option::is_some)>
             <div class="banner">
                 <span aria-hidden="true">"Reconnecting…"</span>
-                <button type="button" class="secondary" on:click=move |_| chat.outbox.retry_now()>
+                <button type="button" class="secondary" aria-disabled=move || trying().to_string()
+                    on:click=move |_| chat.outbox.retry_now()>
                     "Retry now"
                 </button>
                 {unreachable}

@@ -25,6 +25,7 @@ pub fn RoomView() -> impl IntoView {
     // On a phone the member list is a sheet over the conversation, behind
     // a button; on wider screens it is always beside it.
     let members_open = RwSignal::new(false);
+    let toggle = NodeRef::<html::Button>::new();
     let log_ref = NodeRef::<html::Div>::new();
 
     view! {
@@ -38,7 +39,7 @@ pub fn RoomView() -> impl IntoView {
                 <div class="actions">
                     <ConnectionStatus />
                     <button type="button" class="secondary members-toggle" aria-controls="members"
-                        aria-expanded=move || members_open.get().to_string()
+                        aria-expanded=move || members_open.get().to_string() node_ref=toggle
                         on:click=move |_| members_open.update(|open| *open = !*open)>
                         "Members " <span class="count">{move || state.count.get()}</span>
                     </button>
@@ -52,7 +53,7 @@ pub fn RoomView() -> impl IntoView {
                     <WaitingElsewhere />
                     <Composer log_ref />
                 </main>
-                <MemberList open=members_open />
+                <MemberList open=members_open toggle />
             </div>
         </div>
     }
@@ -62,6 +63,7 @@ pub fn RoomView() -> impl IntoView {
 fn MessageLog(log_ref: NodeRef<html::Div>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
+    provide_context(OpenNotices(StoredValue::new(Default::default())));
     // Whether the "Load older messages" button had the focus: when the
     // start of the conversation replaces it, the focus goes to the log,
     // not to the page's body.
@@ -78,8 +80,14 @@ fn MessageLog(log_ref: NodeRef<html::Div>) -> impl IntoView {
     // Older messages come a page at a time, when the reader reaches the top
     // (or asks with the button, which also serves keyboards).
     let load_older = move || {
+        // One `history` request at a time (see `next_gap_request`), and
+        // none above a gap: its own button fills it in order.
         if state.older.get_untracked() != Older::Maybe
             || browser::now_ms() < state.older_not_before.get_value()
+            || state.unanswered.with_value(|u| !u.is_empty())
+            || state
+                .log
+                .with_untracked(|log| matches!(log.first(), Some(Entry::Gap { .. })))
         {
             return;
         }
@@ -93,9 +101,7 @@ fn MessageLog(log_ref: NodeRef<html::Div>) -> impl IntoView {
         let before = state.first_message_id();
         if chat.outbox.send(ClientFrame::History { before }) {
             state.older.set(Older::Loading);
-            state
-                .unanswered
-                .update_value(|unanswered| unanswered.push_back(Request::History));
+            chat.outbox.asked(Request::History);
         }
     };
     // Ours on their way, in this room.
@@ -235,15 +241,17 @@ fn MessageLog(log_ref: NodeRef<html::Div>) -> impl IntoView {
             </div>
             // A log, not a list: `role="log"` on a list would strip its items
             // of their list semantics. Only what the server has is in it:
-            // one's own messages on their way are not announced.
-            <div class="entries" role="log" aria-label="Conversation" aria-live="polite">
+            // one's own messages on their way are not announced, nor missed
+            // ones one by one while they are being filled in.
+            <div class="entries" role="log" aria-label="Conversation" aria-live="polite"
+                aria-busy=move || state.filling.with(Option::is_some).to_string()>
             <For each=move || rows(&state.log.read(), state.read_mark.read().as_deref()) key=Row::key let:row>
                 {row.day.map(|day| view! { <div class="day" role="separator">{day}</div> })}
                 {row.new_since.then(|| view! {
                     <div class="new-since" role="separator" aria-label="New since you were here">"New since you were here"</div>
                 })}
                 {match (row.entry, row.notices) {
-                    (_, Some(notices)) => view! { <Notices notices /> }.into_any(),
+                    (entry, Some(notices)) => view! { <Notices notices key=entry.key() /> }.into_any(),
                     (Entry::Message(message, mine), None) => {
                         let grouped = row.grouped;
                         view! {
@@ -290,10 +298,17 @@ fn Time(ts: u64) -> impl IntoView {
     }
 }
 
+/// The runs of notices the reader opened, by their first notice's key.
+#[derive(Clone, Copy)]
+struct OpenNotices(StoredValue<std::collections::BTreeSet<String>>);
+
 /// A run of comings and goings, folded into one line that opens to list
 /// them: a crowd arriving does not bury what is being said.
 #[component]
-fn Notices(notices: Vec<(String, PresenceEvent, u64)>) -> impl IntoView {
+fn Notices(notices: Vec<(String, PresenceEvent, u64)>, key: String) -> impl IntoView {
+    // Open stays open as the run grows (the row is rebuilt each time).
+    let opened = expect_context::<OpenNotices>().0;
+    let open = opened.with_value(|o| o.contains(&key));
     let count = |event| notices.iter().filter(|(_, e, _)| *e == event).count();
     let people = |n: usize| {
         if n == 1 {
@@ -319,7 +334,16 @@ fn Notices(notices: Vec<(String, PresenceEvent, u64)>) -> impl IntoView {
     .collect::<Vec<_>>()
     .join(", ");
     view! {
-        <details class="notice notices">
+        <details class="notice notices" open=open on:toggle=move |event| {
+            let open = event_target::<web_sys::HtmlDetailsElement>(&event).open();
+            opened.update_value(|o| {
+                if open {
+                    o.insert(key.clone());
+                } else {
+                    o.remove(&key);
+                }
+            });
+        }>
             <summary>{summary}</summary>
             <ul>
                 {notices.into_iter().map(|(name, event, ts)| view! {
@@ -337,20 +361,19 @@ fn MissedMessages(key: u64) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     let loading = move || state.filling.get() == Some(key);
+    // One button throughout, so a keyboard's focus stays on it.
     view! {
-        <div class="gap" role="separator" aria-label="Missed messages">
-            {move || if loading() {
-                view! { <span>"Loading missed messages…"</span> }.into_any()
-            } else {
-                view! {
-                    <span>"Missed messages"</span>
-                    " "
-                    <button type="button" class="secondary" on:click=move |_| {
+        <div class="gap" role="group" aria-label="Missed messages">
+            <span aria-hidden="true">"Missed messages"</span>
+            <button type="button" class="secondary" aria-disabled=move || loading().to_string()
+                on:click=move |_| {
+                    if !loading() {
                         state.resume_gap(key);
                         chat.outbox.fill_gap();
-                    }>"Load them"</button>
-                }.into_any()
-            }}
+                    }
+                }>
+                {move || if loading() { "Loading them…" } else { "Load them" }}
+            </button>
         </div>
     }
 }
@@ -661,7 +684,7 @@ fn Composer(log_ref: NodeRef<html::Div>) -> impl IntoView {
 }
 
 #[component]
-fn MemberList(open: RwSignal<bool>) -> impl IntoView {
+fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
     // A name on several connections (two tabs, two people, or a reconnect
@@ -680,12 +703,27 @@ fn MemberList(open: RwSignal<bool>) -> impl IntoView {
         counted
     });
     let count = move || state.count.get();
+    // As a sheet (on a phone), it takes the focus when opened and gives it
+    // back to its button when closed.
+    let close_button = NodeRef::<html::Button>::new();
+    Effect::new(move |was_open: Option<bool>| {
+        let is_open = open.get();
+        if is_open && let Some(close) = close_button.get_untracked() {
+            let _ = close.focus();
+        } else if was_open == Some(true)
+            && let Some(toggle) = toggle.get_untracked()
+        {
+            let _ = toggle.focus();
+        }
+        is_open
+    });
     view! {
         <aside id="members" class="members" class:open=move || open.get() aria-labelledby="members-heading"
             on:keydown=move |event: KeyboardEvent| if event.key() == "Escape" { open.set(false) }>
             <div class="members-head">
                 <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
-                <button type="button" class="secondary close" on:click=move |_| open.set(false)>"Close"</button>
+                <button type="button" class="secondary close" node_ref=close_button
+                    on:click=move |_| open.set(false)>"Close"</button>
             </div>
             <ul aria-label="Members">
                 <For each=move || distinct.get() key=|entry| entry.clone() let:member>
