@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
@@ -1145,6 +1146,48 @@ test('a message left by a hidden tab is sent once, by the page that took it', as
   await log(taker).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
   await context.close();
   await obs.context().close();
+});
+
+test("API Gateway's own error frame, when a function fails, frees a join that would hang", async () => {
+  // A Lambda Invoke API whose functions take connections and fail every
+  // request, as throttled or crashing functions do: chat-local (in Lambda
+  // mode) then answers as API Gateway does, with a frame that has no type.
+  const lambda = createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk) => { body += chunk; });
+    request.on('end', () => {
+      const route = JSON.parse(body).requestContext?.routeKey;
+      if (route === '$connect' || route === '$disconnect') {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        return response.end('{"statusCode":200}');
+      }
+      response.writeHead(200, { 'content-type': 'application/json', 'x-amz-function-error': 'Unhandled' });
+      response.end('{"errorMessage":"throttled","errorType":"TooManyRequestsException"}');
+    });
+  });
+  await new Promise((resolve) => lambda.listen(0, '127.0.0.1', resolve));
+  const endpoint = `http://127.0.0.1:${lambda.address().port}`;
+  try {
+    await withOwnServer(async (url) => {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const frames = [];
+      page.on('websocket', (ws) => ws.on('framereceived', (f) => frames.push(f.payload)));
+      await page.goto(url);
+      await page.getByLabel('Name').fill('Gia');
+      await page.getByLabel('Room').fill('failing-room');
+      await page.getByRole('button', { name: 'Join' }).click();
+      await page.getByRole('alert').getByText(/could not answer just now/).waitFor(WAIT);
+      assert.ok(frames.some((f) => /"message":"Internal server error"/.test(f) && /"requestId"/.test(f)), frames.join('\n'));
+      // Back to a usable lobby, not "Joining…" for good.
+      const join = page.getByRole('button', { name: 'Join' });
+      await join.waitFor(WAIT);
+      assert.equal(await join.isEnabled(), true);
+      await context.close();
+    }, ['--lambda-endpoint', endpoint, '--management-addr', '127.0.0.1:0']);
+  } finally {
+    lambda.close();
+  }
 });
 
 /** A chat-local of its own, with no rate limits, for `run(url)`. */

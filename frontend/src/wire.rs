@@ -12,6 +12,21 @@ pub fn parse_frame(text: &str) -> Result<ServerFrame, String> {
     if !frame.is_object() {
         return Err("not a JSON object".into());
     }
+    // API Gateway's own answer when the function behind a route failed
+    // (an error, a timeout, throttling): no `type`, and nothing says which
+    // request it was. It is the server failing, and said so.
+    if string(&frame, "type").is_none()
+        && string(&frame, "message").is_some()
+        && string(&frame, "requestId").is_some()
+    {
+        return Ok(ServerFrame::Error {
+            code: ErrorCode::Internal,
+            message: "The server could not answer just now; trying again.".into(),
+            action: None,
+            retry_after_ms: None,
+            nonce: None,
+        });
+    }
     let fields = ServerFields {
         kind: string(&frame, "type").ok_or("no type")?,
         room: string(&frame, "room"),

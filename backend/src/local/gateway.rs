@@ -39,6 +39,12 @@ use crate::store::Store;
 
 /// Where API Gateway would send an event: to the handlers in this process, or
 /// (for a deployment's real binaries) to a Lambda function.
+/// Marks an integration's answer as its failure (a function that errored,
+/// timed out or was throttled), not a response of its own: API Gateway then
+/// sends the client `{"message": "Internal server error", "connectionId",
+/// "requestId"}` on a message route, and so does chat-local.
+pub const INTEGRATION_FAILED: &str = "x-chat-local-integration-failed";
+
 pub trait Integration: Send + Sync + 'static {
     fn invoke(
         &self,

@@ -179,14 +179,20 @@ impl Integration for LambdaInvoker {
         match self.call(function, &event).await {
             Ok(response) => response,
             Err(error) => {
-                // API Gateway answers a failed integration with a 500 of its own.
+                // API Gateway answers a failed integration with a 500 of its
+                // own, and tells the client (see `INTEGRATION_FAILED`).
                 tracing::error!(
                     route,
                     function,
                     error = format!("{error:#}"),
                     "invoke failed"
                 );
-                failure(500)
+                let mut response = failure(500);
+                response.headers.insert(
+                    super::gateway::INTEGRATION_FAILED,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                response
             }
         }
     }

@@ -130,12 +130,12 @@ impl<I: Integration> Gateway<I> {
                 match frame {
                     Incoming::Text(body) => {
                         let event = self.message_event(connection_id, &socket.info, body, false);
-                        self.call(event).await;
+                        self.route(connection_id, event).await;
                     }
                     Incoming::Binary(body) => {
                         let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
                         let event = self.message_event(connection_id, &socket.info, encoded, true);
-                        self.call(event).await;
+                        self.route(connection_id, event).await;
                     }
                     Incoming::TooLarge => self.refuse_too_large(connection_id),
                     Incoming::Ping(payload) => {
@@ -333,6 +333,27 @@ impl<I: Integration> Gateway<I> {
             ),
         );
         let _ = self.sockets.try_push(connection_id, Frame::from(&frame));
+    }
+
+    /// A client frame's event, to its route's integration. If that fails
+    /// (in Lambda mode: the function errored, timed out or was throttled),
+    /// the client is told as API Gateway tells it.
+    async fn route(&self, connection_id: &str, event: ApiGatewayWebsocketProxyRequest) {
+        let request_id = event.request_context.request_id.clone().unwrap_or_default();
+        let response = self.call(event).await;
+        if response
+            .headers
+            .contains_key(super::gateway::INTEGRATION_FAILED)
+        {
+            let frame = serde_json::json!({
+                "message": "Internal server error",
+                "connectionId": connection_id,
+                "requestId": request_id,
+            });
+            let _ = self
+                .sockets
+                .try_push(connection_id, Frame::from(frame.to_string()));
+        }
     }
 
     /// The integration's answer to `event`, its future on the heap.
