@@ -6,12 +6,17 @@
 //!   `room-index` (hash key `room`) projects `name` and `expiresAt`, which is
 //!   all fan-out and the member list need; it is sparse, so connections
 //!   outside any room cost it nothing.
+//!   chat-local's records also carry `gateway` (which chat-local process
+//!   holds the socket), indexed by `gateway-index` so that a restart can
+//!   find and drop the records of the sockets it lost; on AWS neither
+//!   exists.
 //!   The same table keeps one item per client address, keyed
 //!   `client#{address}` (never a connection id, which API Gateway makes of
 //!   letters and digits): `handshakeFullAt` and `inheritFullAt` (µs), and
 //!   an `expiresAt` that lets DynamoDB forget it.
-//! - messages: hash key `room`, sort key `id` (time-ordered and unique);
-//!   `name`, `data`, `ts` (ms), `expiresAt` (TTL, s).
+//! - messages: hash key `room` (its lower-case id), sort key `id`
+//!   (time-ordered and unique); `name`, `data`, `ts` (ms), `nonce` (the
+//!   sender's own id for it, when given), `expiresAt` (TTL, s).
 
 use std::collections::HashMap;
 use std::time::Duration;
