@@ -709,6 +709,14 @@ for (const [device, options] of Object.entries(DEVICES)) test(`${device}: a long
     const box = await locator.boundingBox();
     assert.ok(box && box.y >= 0 && box.y + box.height <= height, `on screen: ${JSON.stringify(box)}`);
   }
+  // Only the log scrolls: the page itself never does (names hidden in
+  // grouped messages once stretched it, and the header slid away).
+  assert.ok(await page.evaluate(() => document.documentElement.scrollHeight <= window.innerHeight),
+    'the page is no taller than the screen');
+  await page.mouse.move(100, 20);
+  await page.mouse.wheel(0, 600);
+  await page.waitForTimeout(200);
+  assert.equal(await page.evaluate(() => document.scrollingElement.scrollTop), 0, 'the page did not scroll');
   // The log scrolls, and its first message can be reached.
   const scroll = await log(page).evaluate((el) => ({ height: el.scrollHeight, client: el.clientHeight }));
   assert.ok(scroll.height > scroll.client, 'the log scrolls within the screen');
@@ -1019,7 +1027,9 @@ for (const [device, options] of Object.entries(DEVICES)) test(`${device}: multi-
     assert.equal(await messageField(page).getAttribute('enterkeyhint'), 'enter');
     await messageField(page).press('Enter');
     await messageField(page).type('line two');
-    await page.getByRole('button', { name: 'Send' }).click();
+    await page.getByRole('button', { name: 'Send' }).tap();
+    // The field keeps the focus (and a phone its keyboard).
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'message');
   } else {
     assert.equal(await messageField(page).getAttribute('enterkeyhint'), 'send');
     assert.match(await messageField(page).getAttribute('placeholder'), /Shift\+Enter/);
@@ -1190,6 +1200,43 @@ test("API Gateway's own error frame, when a function fails, frees a join that wo
   }
 });
 
+test('a message the server failed stays Not sent across a reload until the person decides', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // The server "fails" this one message: it never sees it, the page gets
+  // the internal error the server would send.
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      const frame = JSON.parse(text);
+      if (frame.action === 'sendmessage' && frame.data === 'doomed') {
+        ws.send(JSON.stringify({ type: 'error', code: 'internal', message: 'The server failed; try again.', action: 'sendmessage', nonce: frame.nonce }));
+        return;
+      }
+      server.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Nia');
+  await page.getByLabel('Room').fill('doomed-room');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await log(page).waitFor(WAIT);
+  const obs = await openAs('Obs', 'doomed-room');
+  await messageField(page).fill('doomed');
+  await messageField(page).press('Enter');
+  await log(page).getByText('Not sent').waitFor(WAIT);
+  await page.reload();
+  await log(page).getByText('Not sent').waitFor(WAIT);
+  await page.waitForTimeout(1500);
+  assert.equal(await log(obs).getByText('doomed', { exact: true }).count(), 0, 'not sent without the person');
+  // Delete drops it, and the error about it.
+  await log(page).getByRole('button', { name: 'Delete' }).click();
+  await log(page).locator('.outgoing').waitFor({ state: 'detached', ...WAIT });
+  assert.equal(await page.getByRole('alert').count(), 0);
+  await context.close();
+  await obs.context().close();
+});
+
 /** A chat-local of its own, with no rate limits, for `run(url)`. */
 async function withOwnServer(run, extra = ['--rate-limit', '0']) {
   const data = mkdtempSync(join(tmpdir(), 'chat-own-'));
@@ -1340,6 +1387,10 @@ test('the composer: errors go once the text changes, drafts stay in their room, 
   await page.evaluate(() => { location.hash = '#draft-a'; });
   await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'draft-a', null, WAIT);
   assert.equal(await messageField(page).inputValue(), 'half-written reply');
+  // A reload keeps them too.
+  await page.reload();
+  await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'draft-a', null, WAIT);
+  await page.waitForFunction(() => document.getElementById('message')?.value === 'half-written reply', null, WAIT);
   await page.context().close();
 });
 

@@ -208,8 +208,11 @@ pub fn now_ms() -> u64 {
 /// Names in the order people expect: by the browser's collation (which
 /// ignores case), then exactly, so equal names sit together.
 pub fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
+    // Numbers by value: "Guest 7" before "Guest 36".
+    let options = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&options, &"numeric".into(), &true.into());
     js_sys::JsString::from(a)
-        .locale_compare(b, &js_sys::Array::new(), &js_sys::Object::new())
+        .locale_compare(b, &js_sys::Array::new(), &options)
         .cmp(&0)
         .then_with(|| a.cmp(b))
 }
@@ -426,5 +429,40 @@ impl OnResize {
 impl Drop for OnResize {
     fn drop(&mut self) {
         self.observer.disconnect();
+    }
+}
+
+const DRAFTS_KEY: &str = "chat.drafts";
+/// How many rooms' drafts are kept (the latest written).
+const DRAFTS_KEPT: usize = 20;
+
+/// What was being written in each room when a page of this browser went.
+pub fn saved_drafts() -> std::collections::BTreeMap<String, String> {
+    let Some(saved) = stored(DRAFTS_KEY).and_then(|text| js_sys::JSON::parse(&text).ok()) else {
+        return Default::default();
+    };
+    if !js_sys::Array::is_array(&saved) {
+        return Default::default();
+    }
+    js_sys::Array::from(&saved)
+        .iter()
+        .filter_map(|item| {
+            let room = crate::wire::string(&item, "room")?.to_ascii_lowercase();
+            let text = crate::wire::string(&item, "text")?;
+            (shared::Room::parse(&room).is_ok() && !text.is_empty()).then_some((room, text))
+        })
+        .collect()
+}
+
+pub fn save_drafts(drafts: &std::collections::BTreeMap<String, String>) {
+    let items = js_sys::Array::new();
+    for (room, text) in drafts.iter().take(DRAFTS_KEPT) {
+        let item = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&item, &"room".into(), &room.into());
+        let _ = js_sys::Reflect::set(&item, &"text".into(), &text.into());
+        items.push(&item);
+    }
+    if let Ok(text) = js_sys::JSON::stringify(&items) {
+        store(DRAFTS_KEY, &String::from(text));
     }
 }

@@ -215,6 +215,7 @@ impl Outbox {
     fn opened(self) {
         let state = self.state;
         state.unreachable.set(None);
+        state.been_online.set_value(true);
         let steady = Timeout::new(STEADY.as_millis() as u32, move || {
             self.link.update_value(|link| link.failures = 0);
         });
@@ -290,8 +291,14 @@ impl Outbox {
             if link.generation != generation || link.retry.is_some() {
                 return None;
             }
-            // Never opened, several times in a row: say where it tried.
-            if link.failures + 1 >= UNREACHABLE_AFTER && link.steady.is_none() {
+            // Never connected, several times in a row: say where it tried
+            // (a wrong config.json looks like this). After a connection has
+            // worked, a drop is the network's, and the address would mean
+            // nothing to most people.
+            if link.failures + 1 >= UNREACHABLE_AFTER
+                && link.steady.is_none()
+                && !self.state.been_online.get_value()
+            {
                 let url = link.settings.as_ref().map(|s| s.websocket_url.clone());
                 self.state.unreachable.set(url);
             }

@@ -79,6 +79,8 @@ pub struct Membership {
 #[derive(Clone, Copy)]
 pub struct ChatState {
     pub status: RwSignal<Status>,
+    /// Whether this page has been connected at all.
+    pub been_online: StoredValue<bool>,
     /// The server's address, once several attempts in a row have failed to
     /// reach it: shown, since a wrong `config.json` looks like this.
     pub unreachable: RwSignal<Option<String>>,
@@ -243,6 +245,7 @@ impl ChatState {
     pub fn new() -> Self {
         Self {
             status: RwSignal::new(Status::Connecting),
+            been_online: StoredValue::new(false),
             unreachable: RwSignal::new(None),
             target: RwSignal::new(None),
             joined: RwSignal::new(None),
@@ -252,7 +255,7 @@ impl ChatState {
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
-            drafts: StoredValue::new(BTreeMap::new()),
+            drafts: StoredValue::new(crate::browser::saved_drafts()),
             unread: RwSignal::new(0),
             unanswered: StoredValue::new(std::collections::VecDeque::new()),
             late: StoredValue::new(0),
@@ -626,6 +629,40 @@ impl ChatState {
     pub fn discard(&self, nonce: &str) {
         self.outgoing
             .update(|outgoing| outgoing.retain(|o| o.nonce != nonce));
+        // The error was about it.
+        self.error.set(None);
+    }
+
+    /// Keeps what is being written, in every room, for the next page of
+    /// this browser (a reload, a phone discarding the tab).
+    pub fn save_drafts(&self) {
+        let current = self
+            .joined
+            .with_untracked(|j| j.as_ref().map(|j| j.room.clone()));
+        let mut drafts = self.drafts.get_value();
+        if let Some(room) = current {
+            let text = self.draft.get_untracked();
+            if text.trim().is_empty() {
+                drafts.remove(&room);
+            } else {
+                drafts.insert(room, text);
+            }
+        }
+        crate::browser::save_drafts(&drafts);
+    }
+
+    /// How many people are in the room: names, not connections (one
+    /// person's two tabs are one), while the member list is whole; the
+    /// server's count of connections when the list was cut to fit a frame.
+    pub fn people(&self) -> usize {
+        let count = self.count.get();
+        self.members.with(|members| {
+            if members.len() < count {
+                return count;
+            }
+            let distinct: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+            distinct.len()
+        })
     }
 
     /// Drops every message waiting to be sent in `room` (the person's

@@ -67,7 +67,11 @@ pub fn Lobby() -> impl IntoView {
                     {match invited {
                         Some(room) => view! {
                             <h1>"You're joining " <span class="invited">{format!("#{room}")}</span></h1>
-                            <p class="subtitle">"Pick the name the room will see you by."</p>
+                            <p class="subtitle">{move || if joining() {
+                                "You'll be in as soon as the connection is there."
+                            } else {
+                                "Pick the name the room will see you by."
+                            }}</p>
                         }.into_any(),
                         None => view! {
                             <h1>"Chat rooms"</h1>

@@ -119,6 +119,7 @@ pub fn App() -> impl IntoView {
     let _ = window_event_listener(leptos::ev::pagehide, move |_| {
         state.save_outbox();
         state.save_read();
+        state.save_drafts();
     });
     // Back from the back-forward cache: what it saved is its own again.
     let _ = window_event_listener(leptos::ev::pageshow, move |_| state.reclaim_saved());
@@ -133,6 +134,7 @@ pub fn App() -> impl IntoView {
         if browser::tab_hidden() {
             state.save_outbox();
             state.save_read();
+            state.save_drafts();
         } else {
             state.reclaim_saved();
             state.unread.set(0);
@@ -191,10 +193,19 @@ pub fn WaitingElsewhere() -> impl IntoView {
                             n => format!("{n} messages wait to be sent in #{}.", entry.0),
                         }}
                         " "
-                        <button type="button" class="link" on:click={
+                        // The room being joined already: they go once it is.
+                        {
                             let room = entry.0.clone();
-                            move |_| chat.go_to(&room)
-                        }>{format!("Open #{}", entry.0)}</button>
+                            let joining = state.target.with_untracked(|t| {
+                                t.as_ref().is_some_and(|(r, _)| r.as_str() == room)
+                            });
+                            (!joining).then(|| view! {
+                                <button type="button" class="link" on:click=move |_| chat.go_to(&room)>
+                                    {format!("Open #{}", entry.0)}
+                                </button>
+                                " "
+                            })
+                        }
                         " "
                         <button type="button" class="link" on:click={
                             let room = entry.0.clone();
@@ -215,8 +226,10 @@ pub fn ConnectionStatus() -> impl IntoView {
     let status = chat.state.status;
     // A retry after losing the connection is still reconnecting: only
     // coming back is news.
+    let been_online = chat.state.been_online;
     let label = Memo::new(move |previous: Option<&&str>| match status.get() {
         Status::Online => "Connected",
+        Status::Offline if !been_online.get_value() => "Connecting…",
         Status::Offline => "Reconnecting…",
         Status::Connecting if previous == Some(&"Reconnecting…") => "Reconnecting…",
         Status::Connecting => "Connecting…",
@@ -261,7 +274,9 @@ pub fn ReconnectBanner() -> impl IntoView {
     view! {
         <Show when=move || reconnecting.get() || state.unreachable.with(Option::is_some)>
             <div class="banner">
-                <span aria-hidden="true">"Reconnecting…"</span>
+                <span aria-hidden="true">
+                    {move || if state.been_online.get_value() { "Reconnecting…" } else { "Connecting…" }}
+                </span>
                 <button type="button" class="secondary" aria-disabled=move || trying().to_string()
                     on:click=move |_| chat.outbox.retry_now()>
                     "Retry now"

@@ -41,7 +41,7 @@ pub fn RoomView() -> impl IntoView {
                     <button type="button" class="secondary members-toggle" aria-controls="members"
                         aria-expanded=move || members_open.get().to_string() node_ref=toggle
                         on:click=move |_| members_open.update(|open| *open = !*open)>
-                        "Members " <span class="count">{move || state.count.get()}</span>
+                        "Members " <span class="count">{move || state.people()}</span>
                     </button>
                     <button type="button" class="secondary" on:click=leave>"Leave"</button>
                 </div>
@@ -54,6 +54,10 @@ pub fn RoomView() -> impl IntoView {
                     <Composer log_ref />
                 </main>
                 <MemberList open=members_open toggle />
+                // Around the phone's member sheet: a tap outside closes it.
+                <Show when=move || members_open.get()>
+                    <div class="backdrop" aria-hidden="true" on:click=move |_| members_open.set(false)></div>
+                </Show>
             </div>
         </div>
     }
@@ -397,6 +401,21 @@ fn OutgoingMessage(nonce: String, text: String) -> impl IntoView {
         })
     };
     let failed = move || sending.get() == Sending::Failed;
+    // Whether it goes next (one at a time): the ones behind wait their turn.
+    let first_in_line = {
+        let nonce = nonce.clone();
+        move || {
+            state.outgoing.with(|outgoing| {
+                outgoing
+                    .iter()
+                    .find(|o| {
+                        Some(&o.room) == outgoing.iter().find(|x| x.nonce == nonce).map(|x| &x.room)
+                            && o.sending != Sending::Failed
+                    })
+                    .is_some_and(|o| o.nonce == nonce)
+            })
+        }
+    };
     // Counts down while it waits for its turn.
     let tick = RwSignal::new(0u32);
     let _ticking = StoredValue::new_local(gloo_timers::callback::Interval::new(1_000, move || {
@@ -412,6 +431,7 @@ fn OutgoingMessage(nonce: String, text: String) -> impl IntoView {
             let seconds = at.saturating_sub(browser::now_ms()).div_ceil(1000).max(1);
             format!("Sending in {seconds} s…")
         }
+        Sending::Queued if !first_in_line() => "Waiting to send…".to_owned(),
         Sending::Queued | Sending::InFlight => "Sending…".to_owned(),
     };
     let actions = move || {
@@ -675,7 +695,10 @@ fn Composer(log_ref: NodeRef<html::Div>) -> impl IntoView {
                 on:keydown=on_key
                 aria-invalid=move || too_long().to_string()
                 aria-describedby="message-counter" node_ref=field></textarea>
-            <button type="submit" disabled=too_long>"Send"</button>
+            // A tap on Send leaves the focus (and a phone's keyboard) in the
+            // field.
+            <button type="submit" disabled=too_long
+                on:pointerdown=|event: leptos::ev::PointerEvent| event.prevent_default()>"Send"</button>
             <p id="message-counter" class="counter" class:over=too_long>
                 {counter}
             </p>
@@ -702,7 +725,7 @@ fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoV
         }
         counted
     });
-    let count = move || state.count.get();
+    let count = move || state.people();
     // As a sheet (on a phone), it takes the focus when opened and gives it
     // back to its button when closed.
     let close_button = NodeRef::<html::Button>::new();
