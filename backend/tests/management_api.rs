@@ -206,6 +206,43 @@ mod apigw_pusher {
     }
 
     #[tokio::test]
+    async fn a_fan_out_starts_no_post_past_its_deadline() {
+        // A Management API that never answers, and a room of 200: without a
+        // deadline the posts take four rounds of 64 (one attempt timeout
+        // each); with one, the posts not started by then fail at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/prod", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let api = ManagementApi::new(local_sdk_config(), None, policy());
+        let pusher = api
+            .pusher(&endpoint)
+            .with_deadline(tokio::time::Instant::now() + Duration::from_millis(300));
+        let members: Vec<String> = (0..200).map(|i| format!("member-{i}")).collect();
+        let recipients: Vec<&str> = members.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let gone = pusher
+            .push_all(&recipients, &Frame::from("{}".to_owned()), 64)
+            .await;
+        let elapsed = started.elapsed();
+        assert!(gone.is_empty());
+        // One round (700 ms) of the posts started in time, not four.
+        assert!(elapsed < Duration::from_millis(1_800), "{elapsed:?}");
+        // And a post asked for past it is not made at all.
+        let started = Instant::now();
+        let late = pusher.push("member-0", Frame::from("{}".to_owned())).await;
+        assert!(
+            matches!(&late, Err(PushError::Failed(why)) if why.contains("deadline")),
+            "{late:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
     async fn throttled_posts_are_retried_with_backoff() {
         // Answers LimitExceededException twice, then accepts.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

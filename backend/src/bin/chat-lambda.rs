@@ -19,6 +19,7 @@ use backend::pusher::apigw::{ManagementApi, PostPolicy};
 use backend::store::Limits;
 use backend::store::dynamodb::{DynamoStore, StoreConfig};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -35,10 +36,21 @@ async fn main() -> Result<(), Error> {
         .init();
 
     let sdk_config = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk_config),
-        StoreConfig::from_env()?,
+    // Every DynamoDB call has a deadline of its own (the SDK has none by
+    // default): a stalled connection must not hold a function until Lambda
+    // stops it. Retries (the SDK's standard three attempts) fit within it.
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk_config)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(Duration::from_secs(2))
+                    .operation_timeout(Duration::from_secs(5))
+                    .build(),
+            )
+            .build(),
     );
+    let store = DynamoStore::new(dynamodb, StoreConfig::from_env()?);
     // For local runs (chat-local's Management API); on AWS the endpoint
     // comes from each event.
     let endpoint_override = std::env::var("MANAGEMENT_API_ENDPOINT").ok();
@@ -67,12 +79,13 @@ async fn main() -> Result<(), Error> {
 
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
+            let posts_until = post_deadline(event.context.deadline);
             // The announcement of a connect, handed on by `$connect`.
             if event.payload.get("arrival").is_some() {
                 let job: AnnounceJob = serde_json::from_value(event.payload)?;
                 let chat = Chat::new(
                     store.clone(),
-                    management.pusher(&job.endpoint),
+                    management.pusher(&job.endpoint).with_deadline(posts_until),
                     config.clone(),
                 );
                 chat.announce_arrival(&job.arrival).await;
@@ -80,7 +93,8 @@ async fn main() -> Result<(), Error> {
             }
             let request: ApiGatewayWebsocketProxyRequest = serde_json::from_value(event.payload)?;
             let endpoint = management.endpoint_for(&request);
-            let chat = Chat::new(store.clone(), management.pusher(&endpoint), config.clone());
+            let pusher = management.pusher(&endpoint).with_deadline(posts_until);
+            let chat = Chat::new(store.clone(), pusher, config.clone());
             let (response, arrival) = chat.handle_deferring(request).await;
             if let Some(arrival) = arrival {
                 let job = AnnounceJob { arrival, endpoint };
@@ -111,6 +125,22 @@ async fn main() -> Result<(), Error> {
         },
     ))
     .await
+}
+
+/// Time kept, after the last post is started, for the posts in flight to end
+/// (one attempt each) and for what follows a fan-out (forgetting the
+/// members found gone, telling their room).
+const AFTER_THE_POSTS: Duration = Duration::from_secs(2);
+
+/// When an invocation whose deadline is `deadline_ms` (Lambda's, in ms since
+/// the epoch) starts no more posts.
+fn post_deadline(deadline_ms: u64) -> tokio::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_millis() as u64);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let reserve = PostPolicy::default().attempt_timeout + AFTER_THE_POSTS;
+    tokio::time::Instant::now() + left.saturating_sub(reserve)
 }
 
 /// What `$connect` hands to `ANNOUNCE_FUNCTION`: whom to announce, and the
