@@ -44,6 +44,27 @@ class Template(unittest.TestCase):
     def test_tables_use_the_default_aws_owned_key(self):
         self.assertIsNone(re.search(r"^\s+SSEEnabled: true", TEMPLATE, re.M))
 
+    def test_every_function_has_error_and_throttle_alarms_an_operator_can_be_sent(self):
+        functions = re.findall(r"^  (\w+)Function:\n    Type: AWS::Serverless::Function", TEMPLATE, re.M)
+        self.assertGreaterEqual(len(functions), 8)
+        for function in functions:
+            for kind, metric in [("Errors", "Errors"), ("Throttles", "Throttles")]:
+                text = resource(f"{function}{kind}Alarm")
+                self.assertIn(f"MetricName: {metric}", text)
+                self.assertIn(f"Value: !Ref {function}Function", text)
+        alarms = re.findall(r"^  (\w+Alarm):\n    Type: AWS::CloudWatch::Alarm", TEMPLATE, re.M)
+        for expected in ["ApiIntegrationErrorsAlarm", "ApiExecutionErrorsAlarm", "ApiClientErrorsAlarm",
+                         "ConnectionsReadThrottlesAlarm", "ConnectionsWriteThrottlesAlarm",
+                         "MessagesReadThrottlesAlarm", "MessagesWriteThrottlesAlarm"]:
+            self.assertIn(expected, alarms)
+        for alarm in alarms:
+            text = resource(alarm)
+            self.assertIn("AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]", text)
+            self.assertIn("AlarmDescription:", text)
+        # The README says what each means and what to do.
+        readme = (ROOT / "README.md").read_text()
+        self.assertIn("### Alarms", readme)
+
     def test_whole_number_parameters_refuse_fractions(self):
         declared = dict(parameters(TEMPLATE))
         for name in ["RateBurst", "ConnectReservedConcurrency", "MessageRetentionDays"]:
