@@ -1237,6 +1237,35 @@ test('a message the server failed stays Not sent across a reload until the perso
   await obs.context().close();
 });
 
+test('a join whose answer never comes gives the lobby back', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // The first join is swallowed on its way (as a lost answer on AWS would
+  // leave it); later ones pass.
+  let swallowed = false;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      if (!swallowed && JSON.parse(text).action === 'join') {
+        swallowed = true;
+        return;
+      }
+      server.send(text);
+    });
+  });
+  await page.goto(base);
+  await page.getByLabel('Name').fill('Jo');
+  await page.getByLabel('Room').fill('lost-join');
+  await page.getByRole('button', { name: 'Join' }).click();
+  await page.getByRole('button', { name: 'Joining…' }).waitFor(WAIT);
+  await page.getByRole('alert').getByText('The server did not answer; try again.').waitFor({ timeout: 25_000 });
+  const join = page.getByRole('button', { name: 'Join' });
+  assert.equal(await join.isEnabled(), true);
+  await join.click();
+  await log(page).waitFor(WAIT);
+  await context.close();
+});
+
 /** A chat-local of its own, with no rate limits, for `run(url)`. */
 async function withOwnServer(run, extra = ['--rate-limit', '0']) {
   const data = mkdtempSync(join(tmpdir(), 'chat-own-'));

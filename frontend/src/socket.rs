@@ -60,6 +60,8 @@ struct Link {
     retry: Option<Timeout>,
     /// A `join` to send again after the server failed one.
     rejoin: Option<Timeout>,
+    /// The `join` on its way is answered by then, or given up.
+    join_deadline: Option<Timeout>,
     /// The next outgoing message's turn, after a rate limit.
     next_message: Option<Timeout>,
     /// The message on its way gets its answer by then, or the room is
@@ -102,6 +104,21 @@ impl Outbox {
                 .update_value(|link| link.last_sent = js_sys::Date::now());
         }
         sent
+    }
+
+    /// Sends a `join`, which is answered by then or given up (an answer
+    /// lost on AWS must not leave the lobby saying "Joining…" for good).
+    pub fn join(&self, room: shared::Room, name: shared::Name) {
+        let outbox = *self;
+        let waited_for = room.as_str().to_owned();
+        let deadline = Timeout::new(ANSWER_DEADLINE.as_millis() as u32, move || {
+            if outbox.state.join_unanswered(&waited_for) == Followup::RetryJoin {
+                outbox.rejoin_target();
+            }
+        });
+        self.link
+            .update_value(|link| link.join_deadline = Some(deadline));
+        self.send(ClientFrame::Join { room, name });
     }
 
     /// Writes a message: shown at once, sent as soon as it may go. Whether
@@ -234,7 +251,7 @@ impl Outbox {
     fn rejoin_target(self) {
         if let Some((room, name)) = self.state.target.get_untracked() {
             self.state.joining(&room);
-            self.send(ClientFrame::Join { room, name });
+            self.join(room, name);
         }
     }
 
@@ -307,6 +324,7 @@ impl Outbox {
             }
             link.heartbeat = None;
             link.rejoin = None;
+            link.join_deadline = None;
             link.next_message = None;
             link.answer_deadline = None;
             link.next_gap_page = None;

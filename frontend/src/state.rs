@@ -777,6 +777,22 @@ impl ChatState {
         }
     }
 
+    /// The `join` for `room` got no answer in time: taken as failed (a
+    /// rejoin is tried again, a join from the lobby gives the lobby back).
+    pub fn join_unanswered(&self, room: &str) -> Followup {
+        let waiting = self
+            .in_flight
+            .with_value(|in_flight| in_flight.as_deref() == Some(room));
+        if !waiting {
+            return Followup::Nothing;
+        }
+        self.in_flight.set_value(None);
+        self.error
+            .set(Some("The server did not answer; try again.".into()));
+        let current = self.joined.get_untracked();
+        self.join_failed(room, current, ErrorCode::Internal)
+    }
+
     /// A `join` for `room` was answered with an error.
     fn join_failed(&self, room: &str, current: Option<Membership>, code: ErrorCode) -> Followup {
         match current {

@@ -26,7 +26,7 @@ impl Chat {
         self.state.error.set(None);
         self.state.target.set(Some((room.clone(), name.clone())));
         self.state.joining(&room);
-        self.outbox.send(ClientFrame::Join { room, name });
+        self.outbox.join(room, name);
     }
 
     /// Back to the lobby; `entry` says how the address follows.
