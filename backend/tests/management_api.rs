@@ -219,9 +219,9 @@ mod apigw_pusher {
             }
         });
         let api = ManagementApi::new(local_sdk_config(), None, policy());
-        let pusher = api
-            .pusher(&endpoint)
-            .with_deadline(tokio::time::Instant::now() + Duration::from_millis(300));
+        let pusher = api.pusher(&endpoint).with_deadline(Some(
+            tokio::time::Instant::now() + Duration::from_millis(300),
+        ));
         let members: Vec<String> = (0..200).map(|i| format!("member-{i}")).collect();
         let recipients: Vec<&str> = members.iter().map(String::as_str).collect();
         let started = Instant::now();

@@ -140,8 +140,8 @@ impl ApiGatewayPusher {
     /// must finish before Lambda stops it, and a fan-out to a big room over
     /// a slow Management API could otherwise outlast it, and with it the
     /// clean-up of the members found gone. The posts not made fail at once.
-    pub fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
-        self.deadline = Some(deadline);
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline;
         self
     }
 
