@@ -1336,9 +1336,9 @@ test('phone: a crowd fits a small screen: members behind a button, comings and g
 
   // Past 100 members, comings and goings stay out of the log.
   await arrive(61, 140);
-  await page.getByRole('button', { name: 'Members 111' }).waitFor(WAIT);
+  await page.getByRole('button', { name: 'Members 111' }).waitFor({ timeout: 45_000 });
   await depart(61, 70);
-  await page.getByRole('button', { name: 'Members 101' }).waitFor(WAIT);
+  await page.getByRole('button', { name: 'Members 101' }).waitFor({ timeout: 45_000 });
   await page.waitForTimeout(6000);
   assert.equal(await log(page).getByText(/Guest 6[1-9]\u2069 left/).count(), 0);
   // Joins were shown while the room had at most 100 (Guests 61 to 130,
