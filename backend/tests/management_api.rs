@@ -178,9 +178,8 @@ mod apigw_pusher {
         }
     }
 
-    #[tokio::test]
-    async fn a_post_that_hangs_times_out() {
-        // Accepts connections and never answers.
+    /// A Management API endpoint that accepts connections and never answers.
+    async fn silent_endpoint() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}/prod", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -189,6 +188,12 @@ mod apigw_pusher {
                 held.push(socket);
             }
         });
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn a_post_that_hangs_times_out() {
+        let endpoint = silent_endpoint().await;
         let api = ManagementApi::new(local_sdk_config(), None, policy());
         let started = Instant::now();
         let result = api
@@ -210,14 +215,7 @@ mod apigw_pusher {
         // A Management API that never answers, and a room of 200: without a
         // deadline the posts take four rounds of 64 (one attempt timeout
         // each); with one, the posts not started by then fail at once.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}/prod", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let endpoint = silent_endpoint().await;
         let api = ManagementApi::new(local_sdk_config(), None, policy());
         let pusher = api.pusher(&endpoint).with_deadline(Some(
             tokio::time::Instant::now() + Duration::from_millis(300),
