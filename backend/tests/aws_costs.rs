@@ -16,7 +16,7 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use backend::chat::{Chat, ChatConfig};
 use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
 use backend::store::Store;
-use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use backend::store::dynamodb::DynamoStore;
 use backend::store::local::LocalStore;
 use common::Dynamo;
 
@@ -113,7 +113,7 @@ async fn measure<S: Store>(
         .build();
     let dynamo_store = DynamoStore::new(
         aws_sdk_dynamodb::Client::from_conf(config),
-        StoreConfig::default(),
+        dynamo.store_config(),
     );
     dynamo_store.ensure_tables().await.unwrap();
     let pusher = LocalPusher::default();
@@ -164,6 +164,14 @@ async fn measure<S: Store>(
         200
     );
     rows.push(("sendmessage", costs.requests.take(), costs.frames()));
+    for (route, body) in [
+        ("ping", r#"{"action":"ping"}"#),
+        ("members", r#"{"action":"members"}"#),
+    ] {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        chat.handle(event("$default", id, Some(body))).await;
+        rows.push((route, costs.requests.take(), costs.frames()));
+    }
     chat.handle(event("$disconnect", id, None)).await;
     rows.push(("$disconnect", costs.requests.take(), costs.frames()));
     rows
@@ -207,6 +215,10 @@ async fn the_aws_path_costs_what_it_did() {
             counts(&[("UpdateItem", 1), ("PutItem", 1), ("Query", 1)]),
             6,
         ),
+        // Counted against the rate limit like a message; a pong.
+        ("ping", counts(&[("UpdateItem", 1)]), 1),
+        // Counted, and the member list; one frame.
+        ("members", counts(&[("UpdateItem", 1), ("Query", 1)]), 1),
         // The record (returned as it was) and the member list.
         ("$disconnect", counts(&[("DeleteItem", 1), ("Query", 1)]), 5),
     ];
@@ -223,7 +235,157 @@ async fn chat_local_keeps_only_messages_in_dynamodb() {
         ("join", counts(&[]), 1 + 5),
         // One message alone makes a batch of one.
         ("sendmessage", counts(&[("BatchWriteItem", 1)]), 6),
+        ("ping", counts(&[]), 1),
+        ("members", counts(&[]), 1),
         ("$disconnect", counts(&[]), 5),
     ];
     assert_eq!(rows, expected);
+}
+
+/// A room of `size`, everyone joined by name, over `store`; each member's
+/// socket, by connection id.
+async fn room_of<S: Store>(
+    chat: &Chat<S, LocalPusher>,
+    size: usize,
+) -> BTreeMap<String, Arc<LocalSocket>> {
+    let mut sockets = BTreeMap::new();
+    for i in 0..size {
+        let id = format!("m{i}");
+        sockets.insert(id.clone(), register(chat.pusher(), &id));
+        chat.handle(event("$connect", &id, None)).await;
+        let join = format!(r#"{{"action":"join","room":"r","name":"m{i}"}}"#);
+        chat.handle(event("join", &id, Some(&join))).await;
+    }
+    sockets
+}
+
+fn register(pusher: &LocalPusher, id: &str) -> Arc<LocalSocket> {
+    pusher.register(id, ConnectionInfo::new(1, "127.0.0.1".into(), "t".into()))
+}
+
+/// The frames queued on `sockets` since the last call, by type.
+fn frames_by_type(sockets: &BTreeMap<String, Arc<LocalSocket>>) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for socket in sockets.values() {
+        for item in socket.take_queued() {
+            if let Outgoing::Text(frame) = item {
+                let frame: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                *kinds
+                    .entry(frame["type"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    kinds
+}
+
+/// One person reconnecting as API Gateway makes everyone do every 2 hours:
+/// the new connection joins as the same name, and the old one closes,
+/// before or after.
+async fn reconnect<S: Store>(
+    chat: &Chat<S, LocalPusher>,
+    sockets: &mut BTreeMap<String, Arc<LocalSocket>>,
+    old: &str,
+    name: &str,
+    new: &str,
+    old_closes_first: bool,
+) {
+    if old_closes_first {
+        chat.handle(event("$disconnect", old, None)).await;
+    }
+    sockets.insert(new.to_owned(), register(chat.pusher(), new));
+    chat.handle(event("$connect", new, None)).await;
+    let join = format!(r#"{{"action":"join","room":"r","name":"{name}"}}"#);
+    chat.handle(event("join", new, Some(&join))).await;
+    if !old_closes_first {
+        chat.handle(event("$disconnect", old, None)).await;
+    }
+    sockets.remove(old);
+}
+
+/// Presence posts per reconnect are bounded: none when the new connection
+/// comes before the old one goes, two fan-outs in a small room when it
+/// comes after, and in a room too big for notices one count fan-out a
+/// minute however many reconnect: not N² a second.
+async fn presence_posts_per_reconnect_are_bounded<S: Store>(store: S) {
+    // Everyone from a few addresses: the handshake limit is not measured.
+    let config = ChatConfig {
+        limits: backend::store::Limits::OFF,
+        ..ChatConfig::default()
+    };
+    let chat = Chat::new(store, LocalPusher::default(), config);
+    let mut sockets = room_of(&chat, 50).await;
+    frames_by_type(&sockets);
+
+    reconnect(&chat, &mut sockets, "m7", "m7", "m7-again", false).await;
+    let frames = frames_by_type(&sockets);
+    assert_eq!(
+        frames,
+        counts(&[("joined", 1)]),
+        "the same person came back first"
+    );
+
+    reconnect(&chat, &mut sockets, "m8", "m8", "m8-again", true).await;
+    let frames = frames_by_type(&sockets);
+    assert_eq!(
+        frames,
+        counts(&[("joined", 1), ("presence", 2 * 49)]),
+        "gone, then back: a leave and a join to the 49 others"
+    );
+
+    // A big room: past 100 people, arrivals are counted, not announced.
+    for i in 50..150 {
+        let id = format!("m{i}");
+        sockets.insert(id.clone(), register(chat.pusher(), &id));
+        chat.handle(event("$connect", &id, None)).await;
+        let join = format!(r#"{{"action":"join","room":"r","name":"m{i}"}}"#);
+        chat.handle(event("join", &id, Some(&join))).await;
+    }
+    let frames = frames_by_type(&sockets);
+    // Joins 51 to 100 were announced to the room as it was; the 101st made
+    // it big, and the count went out once to the 100 others.
+    let announced: usize = (50..100).sum();
+    assert_eq!(
+        frames,
+        counts(&[("joined", 100), ("presence", announced), ("count", 100)]),
+    );
+    for i in 0..20 {
+        let old = format!("m{}", 100 + i);
+        let new = format!("m{}-again", 100 + i);
+        reconnect(&chat, &mut sockets, &old, &old, &new, true).await;
+    }
+    let frames = frames_by_type(&sockets);
+    assert_eq!(
+        frames,
+        counts(&[("joined", 20)]),
+        "20 reconnects in a big room within a minute: no presence post at all"
+    );
+    // Names on request: all of them, one frame.
+    chat.handle(event("$default", "m0", Some(r#"{"action":"members"}"#)))
+        .await;
+    let listed = sockets["m0"].take_queued();
+    let Some(Outgoing::Text(listed)) = listed.front() else {
+        panic!("no members frame: {listed:?}");
+    };
+    let listed: serde_json::Value = serde_json::from_str(listed.as_str()).unwrap();
+    assert_eq!(listed["type"], "members");
+    assert_eq!(listed["count"], 150);
+    assert_eq!(listed["members"].as_array().unwrap().len(), 150);
+    assert_eq!(listed["members"][0], "m0", "the asker first");
+}
+
+#[tokio::test]
+async fn presence_posts_per_reconnect_are_bounded_on_dynamodb() {
+    let dynamo = Dynamo::start().await;
+    let store = DynamoStore::new(dynamo.client.clone(), dynamo.store_config());
+    store.ensure_tables().await.unwrap();
+    presence_posts_per_reconnect_are_bounded(store).await;
+}
+
+#[tokio::test]
+async fn presence_posts_per_reconnect_are_bounded_in_chat_local() {
+    let dynamo = Dynamo::start().await;
+    let store = DynamoStore::new(dynamo.client.clone(), dynamo.store_config());
+    store.ensure_tables().await.unwrap();
+    presence_posts_per_reconnect_are_bounded(LocalStore::new(store.clone(), store)).await;
 }

@@ -254,6 +254,23 @@ async fn every_bad_frame_gets_its_error_and_the_socket_keeps_working() {
         ("{}", "bad_request"),
         (r#"{"action": 1}"#, "bad_request"),
         (r#"{"action": "dance"}"#, "unknown_action"),
+    ];
+    for (frame, code) in cases {
+        send_text(&mut socket, frame).await;
+        expect_error(&mut socket, code).await;
+    }
+    // In and out of a room: ten refusals in a row would close the socket
+    // (`a_connection_whose_requests_keep_being_refused_is_closed`), and an
+    // admitted join starts the count again.
+    send(
+        &mut socket,
+        json!({"action": "join", "room": "ok", "name": "Ada"}),
+    )
+    .await;
+    expect(&mut socket, "joined").await;
+    send(&mut socket, json!({"action": "leave"})).await;
+    expect(&mut socket, "left").await;
+    let cases = [
         (r#"{"action": "sendmessage", "data": "x"}"#, "not_in_room"),
         (r#"{"action": "leave"}"#, "not_in_room"),
         (
@@ -477,6 +494,10 @@ async fn serves_health_and_the_web_app_and_nothing_in_place_of_a_missing_file() 
 
 #[tokio::test]
 async fn a_sigkill_loses_no_message_that_anyone_received() {
+    // What the embedded engine keeps on disk: the runs without moto test it.
+    if moto_endpoint().is_some() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let (mut bo, _) = server.join("crash", "Bo").await;
@@ -771,6 +792,84 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
     expect_nothing_more(&mut reader).await;
 }
 
+/// Every refused frame costs the server (on AWS an invocation, a write and
+/// a post): a client that keeps sending what is refused, pings over the
+/// rate limit or frames that make no sense, is closed after
+/// `REFUSALS_BEFORE_CLOSE` in a row, without another answer. An admitted
+/// action starts the count again, so an occasional mistake never closes.
+#[tokio::test]
+async fn a_connection_whose_requests_keep_being_refused_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        data_dir: dir.path(),
+        dist: None,
+        dynamodb_endpoint: None,
+        extra: &["--rate-limit", "1", "--rate-burst", "3"],
+    });
+    let refusals = backend::chat::REFUSALS_BEFORE_CLOSE as usize;
+
+    // Mistakes with admitted actions between them: never closed.
+    let (mut clumsy, _) = server.join("r", "Clumsy").await;
+    for round in 0..2 {
+        for _ in 1..refusals {
+            send_text(&mut clumsy, "not json").await;
+            expect_error(&mut clumsy, "bad_request").await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        say(&mut clumsy, &format!("still here {round}")).await;
+        expect(&mut clumsy, "message").await;
+    }
+
+    // Pings over the rate limit: answered while the bucket lasts, refused
+    // after, then closed.
+    let (mut pinger, _) = server.join("r", "Pinger").await;
+    expect(&mut clumsy, "presence").await;
+    for _ in 0..40 {
+        if pinger
+            .send(Message::text(r#"{"action":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut pongs, mut refused) = (0, 0);
+    let close = loop {
+        let message = tokio::time::timeout(WAIT, pinger.next())
+            .await
+            .expect("the server acts in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                match frame["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") => {
+                        assert_eq!(frame["code"], "rate_limited", "{frame}");
+                        assert_eq!(frame["action"], "ping", "{frame}");
+                        refused += 1;
+                    }
+                    _ => panic!("unexpected {frame}"),
+                }
+            }
+            Some(Ok(Message::Close(close))) => break close,
+            Some(Ok(_)) => {}
+            other => panic!("the server closes the socket properly: {other:?}"),
+        }
+    };
+    assert_eq!(pongs, 2, "the burst of 3 less the join's share");
+    assert_eq!(refused, refusals - 1, "the last refusal is the close");
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Policy);
+    // The room hears that the pinger left; the clumsy one is still there.
+    let left = expect(&mut clumsy, "presence").await;
+    assert_eq!(
+        (&left["event"], &left["name"]),
+        (&json!("leave"), &json!("Pinger"))
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expect_alive(&mut clumsy).await;
+}
+
 /// The status line of a WebSocket handshake, and whatever body came with it.
 async fn try_connect(server: &Server) -> Result<Socket, String> {
     match tokio_tungstenite::connect_async(server.ws_url("")).await {
@@ -998,24 +1097,26 @@ async fn a_client_that_hangs_up_during_connect_leaves_no_ghost() {
         tokio::time::sleep(Duration::from_millis(attempt / 2)).await;
         drop(tcp);
     }
-    // Every Ghost that got in left again: Ada hears as many leaves as joins.
-    let mut in_room = 0i32;
+    // Every Ghost that got in left again: the last Ada hears of the name is
+    // that it left. (Presence is about people: of many Ghosts at once, the
+    // name comes and goes, not each connection.)
+    let mut here = false;
     let mut joins = 0;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout(Duration::from_millis(1500), next_frame(&mut ada)).await {
             Ok(frame) => match frame["event"].as_str() {
                 Some("join") => {
-                    in_room += 1;
+                    here = true;
                     joins += 1;
                 }
-                Some("leave") => in_room -= 1,
+                Some("leave") => here = false,
                 _ => panic!("unexpected frame {frame}"),
             },
-            Err(_) if in_room == 0 => break,
+            Err(_) if !here => break,
             Err(_) => assert!(
                 std::time::Instant::now() < deadline,
-                "{in_room} ghosts stay"
+                "Ada is left believing a Ghost is here"
             ),
         }
     }
@@ -1113,10 +1214,13 @@ async fn reconnecting_in_a_loop_gets_no_more_into_a_room_than_the_address_may_se
     });
     let (mut watcher, _) = server.join("victim", "Watcher").await;
     // The attack: connect straight into the room, ten messages, hang up,
-    // again, for five seconds.
+    // again, for five seconds, and on until the limit has bitten (a slow
+    // engine under a loaded machine takes longer to spend the burst).
     let started = std::time::Instant::now();
     let (mut sockets, mut refused) = (0, 0);
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < Duration::from_secs(5)
+        || (refused == 0 && started.elapsed() < Duration::from_secs(60))
+    {
         match tokio_tungstenite::connect_async(server.ws_url("?room=victim&name=spam")).await {
             Ok((mut socket, _)) => {
                 sockets += 1;

@@ -16,7 +16,7 @@ use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use backend::chat::{Chat, ChatConfig};
 use backend::local::websocket::{Decoder, Incoming, Limits};
 use backend::pusher::local::{ConnectionInfo, LocalPusher, LocalSocket, Outgoing};
-use backend::store::dynamodb::{DynamoStore, StoreConfig};
+use backend::store::dynamodb::DynamoStore;
 use backend::store::local::LocalStore;
 use common::Dynamo;
 use proptest::collection::vec;
@@ -35,6 +35,7 @@ fn string_literal() -> impl Strategy<Value = String> {
             "sendmessage",
             "leave",
             "ping",
+            "members",
             "lobby",
             "chat:1",
             "Ada",
@@ -217,7 +218,7 @@ fn the_handlers_answer_every_frame() {
         .unwrap();
     let (_dynamo, chat, pusher) = runtime.block_on(async {
         let dynamo = Dynamo::start().await;
-        let messages = DynamoStore::new(dynamo.client.clone(), StoreConfig::default());
+        let messages = DynamoStore::new(dynamo.client.clone(), dynamo.store_config());
         messages.ensure_messages_table().await.unwrap();
         let pusher = LocalPusher::default();
         let store = LocalStore::new(messages.clone(), messages);
@@ -310,10 +311,16 @@ fn the_handlers_answer_every_frame() {
                     let paged = matches!(sent.front(), Some(ServerFrame::History { .. }));
                     prop_assert!(paged, "{:?}", sent);
                 }
+                Ok(ClientFrame::Members) if joined => {
+                    prop_assert!(errors.is_empty(), "{:?}", sent);
+                    let listed = matches!(sent.front(), Some(ServerFrame::Members { .. }));
+                    prop_assert!(listed, "{:?}", sent);
+                }
                 Ok(
                     ClientFrame::SendMessage { .. }
                     | ClientFrame::Leave
-                    | ClientFrame::History { .. },
+                    | ClientFrame::History { .. }
+                    | ClientFrame::Members,
                 ) => {
                     prop_assert_eq!(errors, vec![shared::ErrorCode::NotInRoom]);
                 }

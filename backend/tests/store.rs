@@ -16,7 +16,7 @@ async fn store(dynamo: &Dynamo, page_size: Option<i32>) -> DynamoStore {
         dynamo.client.clone(),
         StoreConfig {
             page_size,
-            ..StoreConfig::default()
+            ..dynamo.store_config()
         },
     );
     store.ensure_tables().await.unwrap();
@@ -85,6 +85,7 @@ async fn room_members_follow_every_page() {
         .map(|i| Member {
             connection_id: format!("conn-{i}").into(),
             name: format!("user {i}").into(),
+            since: now / 1000,
         })
         .collect();
     let mut expected = expected;
@@ -196,7 +197,7 @@ async fn expired_items_are_left_out_before_dynamodb_deletes_them() {
     // Page size 1: the filter must not end the paging early.
     let dynamo = Dynamo::start().await;
     let store = store(&dynamo, Some(1)).await;
-    let config = StoreConfig::default();
+    let config = dynamo.store_config();
     let now = backend::clock::now_ms();
     let hour = 3_600_000;
     let stale = now - config.connection_ttl.as_millis() as u64 - hour;
@@ -268,7 +269,7 @@ async fn items_carry_a_ttl_and_the_tables_enable_it() {
     fresh.ts = now_ms;
     store.save_message(&fresh).await.unwrap();
 
-    let config = StoreConfig::default();
+    let config = dynamo.store_config();
     let expiry = |item: &std::collections::HashMap<String, AttributeValue>| -> u64 {
         item["expiresAt"].as_n().unwrap().parse().unwrap()
     };
@@ -323,7 +324,7 @@ async fn a_restart_removes_its_own_stale_records_and_nobody_elses() {
             dynamo.client.clone(),
             StoreConfig {
                 gateway: Some(id.into()),
-                ..StoreConfig::default()
+                ..dynamo.store_config()
             },
         )
     };
@@ -380,7 +381,7 @@ async fn a_table_whose_ttl_was_never_turned_on_gets_it_at_the_next_start() {
     dynamo
         .client
         .create_table()
-        .table_name("chat-messages")
+        .table_name(&dynamo.store_config().messages_table)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
             AttributeDefinition::builder()
@@ -418,7 +419,7 @@ async fn a_table_whose_ttl_was_never_turned_on_gets_it_at_the_next_start() {
     let ttl = dynamo
         .client
         .describe_time_to_live()
-        .table_name("chat-messages")
+        .table_name(&dynamo.store_config().messages_table)
         .send()
         .await
         .unwrap()
@@ -639,11 +640,11 @@ async fn a_table_made_without_the_gateway_index_gets_it_where_chat_local_may_add
             dynamo.client.clone(),
             StoreConfig {
                 gateway: Some("mine".into()),
-                ..StoreConfig::default()
+                ..dynamo.store_config()
             },
         )
     };
-    let table = StoreConfig::default().connections_table;
+    let table = dynamo.store_config().connections_table;
     let indexes = || async {
         let described = dynamo
             .client

@@ -243,6 +243,10 @@ impl Outbox {
         // Messages on their way wait for the rejoin's history to say
         // whether they arrived.
         state.connection_lost();
+        // A socket just opened needs no heartbeat for a while: a ping now
+        // would spend a token of the rate limit the join may need.
+        self.link
+            .update_value(|link| link.last_sent = js_sys::Date::now());
         self.rejoin_target();
         self.beat();
     }

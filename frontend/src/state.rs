@@ -414,17 +414,33 @@ impl ChatState {
                 }
                 for name in std::iter::once(name).chain(also) {
                     let already_here = self.members.with_untracked(|m| m.contains(&name));
+                    // Names, each once: the server tells of people, and a
+                    // name may be told twice when two of its connections
+                    // arrive together.
                     self.members.update(|members| match event {
-                        PresenceEvent::Join => members.push(name.clone()),
-                        PresenceEvent::Leave => {
-                            if let Some(at) = members.iter().position(|m| *m == name) {
-                                members.remove(at);
-                            }
-                        }
+                        PresenceEvent::Join if !already_here => members.push(name.clone()),
+                        PresenceEvent::Join => {}
+                        PresenceEvent::Leave => members.retain(|m| *m != name),
                     });
                     self.announce(event, name, already_here);
                 }
                 self.count.set(count);
+            }
+            // A big room's arrivals and departures, as a count.
+            ServerFrame::Count { room, count } => {
+                if self.is_current_room(&room) {
+                    self.count.set(count);
+                }
+            }
+            ServerFrame::Members {
+                room,
+                members,
+                count,
+            } => {
+                if self.is_current_room(&room) {
+                    self.members.set(members);
+                    self.count.set(count);
+                }
             }
             ServerFrame::Left { room } => {
                 if self.is_current_room(&room) {
@@ -439,6 +455,11 @@ impl ChatState {
                 nonce,
             } => {
                 let current = self.joined.get_untracked();
+                // A heartbeat refused (rate limited) is no news: the
+                // socket is alive, which is all a ping asks.
+                if action.as_deref() == Some("ping") {
+                    return Followup::Nothing;
+                }
                 // A refused message of ours: it says which.
                 if let Some(nonce) = nonce {
                     return self.refused(&nonce, code, message, retry_after_ms);
@@ -653,11 +674,14 @@ impl ChatState {
 
     /// How many people are in the room: names, not connections (one
     /// person's two tabs are one), while the member list is whole; the
-    /// server's count of connections when the list was cut to fit a frame.
+    /// server's count when the list was cut to fit a frame or the room is
+    /// too big to hear each arrival.
     pub fn people(&self) -> usize {
         let count = self.count.get();
         self.members.with(|members| {
-            if members.len() < count {
+            // A big room's list is as of when it was last asked for (no one
+            // is announced there); its count is kept up to date.
+            if members.len() < count || count > BIG_ROOM {
                 return count;
             }
             let distinct: BTreeSet<&str> = members.iter().map(String::as_str).collect();

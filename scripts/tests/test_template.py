@@ -79,6 +79,29 @@ class Template(unittest.TestCase):
             self.assertIn("MinValue:", block)
             self.assertIn("MaxValue:", block)
 
+    def test_the_dashboard_is_per_region_and_shows_every_function(self):
+        text = resource("Dashboard")
+        # Dashboard names are per account: a second region's stack of the
+        # same name must not overwrite this one's.
+        self.assertIn('DashboardName: !Sub "${AWS::StackName}-${AWS::Region}"', text)
+        functions = re.findall(r"^  (\w+)Function:\n    Type: AWS::Serverless::Function", TEMPLATE, re.M)
+        for function in functions:
+            for metric in ["Errors", "Throttles", "Duration"]:
+                self.assertIn(f'"{metric}", "FunctionName", "${{{function}Function}}"', text)
+
+    def test_functions_log_only_to_groups_they_cannot_create_or_outlive(self):
+        functions = re.findall(r"^  (\w+)Function:\n    Type: AWS::Serverless::Function", TEMPLATE, re.M)
+        for function in functions:
+            text = resource(f"{function}Function")
+            self.assertIn(f"LoggingConfig: {{ LogGroup: !Ref {function}Logs }}", text)
+            self.assertIn(f"Role: !GetAtt {function}Role.Arn", text)
+            self.assertNotIn("Policies:", text, "SAM's role would allow logs:CreateLogGroup")
+            # Named after the stack, not the function: the group does not
+            # depend on the function, so the function is deleted first.
+            self.assertNotIn(f"${{{function}Function}}", resource(f"{function}Logs"))
+            self.assertIn("RetentionInDays: !Ref LogRetentionDays", resource(f"{function}Logs"))
+        self.assertNotIn("logs:CreateLogGroup", TEMPLATE)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -21,6 +21,10 @@ pub enum ClientFrame {
     Leave,
     /// Answered with a `pong`.
     Ping,
+    /// The names of the people in the room this connection has joined,
+    /// answered with a `members` frame: a room too big to hear each
+    /// arrival and departure asks for them when it wants them.
+    Members,
     /// Older messages of the room this connection has joined: those before
     /// the message `before` (the newest ones without it), answered with a
     /// `history` frame.
@@ -78,6 +82,7 @@ impl ClientFrame {
             }
             "leave" => Ok(Self::Leave),
             "ping" => Ok(Self::Ping),
+            "members" => Ok(Self::Members),
             "history" => Ok(Self::History {
                 before: match fields.get("before") {
                     None | Some(Value::Null) => None,
@@ -92,7 +97,7 @@ impl ClientFrame {
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownAction,
                 format!(
-                    "unknown action {:?}; expected join, sendmessage, leave, history or ping",
+                    "unknown action {:?}; expected join, sendmessage, leave, history, members or ping",
                     truncate(other, 64)
                 ),
             )),
@@ -106,6 +111,7 @@ impl ClientFrame {
             Self::SendMessage { .. } => "sendmessage",
             Self::Leave => "leave",
             Self::Ping => "ping",
+            Self::Members => "members",
             Self::History { .. } => "history",
         }
     }
@@ -132,6 +138,7 @@ impl ClientFrame {
             }
             Self::Leave => json.push_str("\"leave\""),
             Self::Ping => json.push_str("\"ping\""),
+            Self::Members => json.push_str("\"members\""),
             Self::History { before } => {
                 json.push_str("\"history\"");
                 if let Some(before) = before {
@@ -361,6 +368,7 @@ mod tests {
             },
             ClientFrame::Leave,
             ClientFrame::Ping,
+            ClientFrame::Members,
             ClientFrame::History { before: None },
             ClientFrame::History {
                 before: Some("1700000000000-00000000000000ff".into()),

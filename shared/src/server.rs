@@ -53,6 +53,19 @@ pub enum ServerFrame {
     Left {
         room: String,
     },
+    /// How many people are in a room too big to hear each arrival and
+    /// departure (at most one a minute, when it changes).
+    Count {
+        room: String,
+        count: usize,
+    },
+    /// The people in the room, as a `members` request asked: as many names
+    /// as fit a frame (`count` says how many there are).
+    Members {
+        room: String,
+        members: Vec<String>,
+        count: usize,
+    },
     /// To the sender of anything the server cannot act on.
     Error {
         code: ErrorCode,
@@ -206,6 +219,15 @@ impl TryFrom<ServerFields> for ServerFrame {
                 nonce: wire.nonce,
             },
             "pong" => Self::Pong,
+            "count" => Self::Count {
+                room: take!(room),
+                count: take!(count),
+            },
+            "members" => Self::Members {
+                room: take!(room),
+                members: take!(members),
+                count: take!(count),
+            },
             "history" => Self::History {
                 room: take!(room),
                 messages: take!(messages)
@@ -416,6 +438,21 @@ mod tests {
         );
         assert_eq!(as_json(&ServerFrame::Pong), json!({"type":"pong"}));
         assert_eq!(
+            as_json(&ServerFrame::Count {
+                room: "r".into(),
+                count: 1200,
+            }),
+            json!({"type":"count","room":"r","count":1200})
+        );
+        assert_eq!(
+            as_json(&ServerFrame::Members {
+                room: "r".into(),
+                members: vec!["Ada".into(), "Bo".into()],
+                count: 1200,
+            }),
+            json!({"type":"members","room":"r","members":["Ada","Bo"],"count":1200})
+        );
+        assert_eq!(
             as_json(&ServerFrame::History {
                 room: "r".into(),
                 messages: vec![HistoryEntry::Message(message())],
@@ -467,5 +504,18 @@ mod tests {
             ..message()
         });
         assert_eq!(ServerFrame::parse(&mine.to_json()).unwrap(), mine);
+        for frame in [
+            ServerFrame::Count {
+                room: "r".into(),
+                count: 101,
+            },
+            ServerFrame::Members {
+                room: "r".into(),
+                members: vec!["Ada".into()],
+                count: 101,
+            },
+        ] {
+            assert_eq!(ServerFrame::parse(&frame.to_json()).unwrap(), frame);
+        }
     }
 }

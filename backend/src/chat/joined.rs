@@ -1,5 +1,5 @@
-//! The frames that carry history (`joined`, `history`), kept under API
-//! Gateway's 32 KB frame limit by carrying fewer messages.
+//! The frames that carry history or names (`joined`, `history`,
+//! `members`), kept under API Gateway's 32 KB frame limit by carrying fewer.
 
 use shared::limits::SERVER_FRAME_MAX_BYTES;
 use shared::{ChatMessage, HistoryEntry, ServerFrame};
@@ -100,6 +100,25 @@ pub fn history_frame(room: &str, messages: Vec<ChatMessage>, more: bool) -> Fram
     let newest = |keep: usize| &messages[messages.len() - keep..];
     let keep = most_that_fit(0, messages.len(), |keep| fits(&build(newest(keep), true)));
     build(newest(keep), true)
+}
+
+/// Builds the `members` frame for `members` (the asker first): as many
+/// names as fit, with the count of all of them.
+pub fn members_frame(room: &str, members: Vec<String>) -> Frame {
+    let count = members.len();
+    let build = |members: &[String]| {
+        Frame::from(&ServerFrame::Members {
+            room: room.to_owned(),
+            members: members.to_vec(),
+            count,
+        })
+    };
+    let full = build(&members);
+    if fits(&full) {
+        return full;
+    }
+    let keep = most_that_fit(1, members.len(), |keep| fits(&build(&members[..keep])));
+    build(&members[..keep])
 }
 
 #[cfg(test)]

@@ -25,8 +25,7 @@ use crate::clock::now_ms;
 use crate::clock::now_us;
 use crate::pusher::{Frame, Pusher};
 use crate::store::{
-    Admission, ClientAdmission, Limits, Member, Members, NewConnection, Store, StoreError,
-    client_key,
+    Admission, ClientAdmission, Limits, Member, NewConnection, Store, StoreError, client_key,
 };
 
 /// The name of a connection that joins through the query string without one.
@@ -59,6 +58,26 @@ pub struct Arrival {
 const NAMES_PER_PRESENCE: usize = 200;
 /// Presence frames one fan-out's gone members are announced in at most.
 const MAX_PRESENCE_FRAMES: usize = 5;
+
+/// Refused requests in a row after which a connection is closed rather than
+/// answered ([`Chat::message`]). The web app never comes near: it sends one
+/// request at a time and waits out a rate limit before trying again.
+pub const REFUSALS_BEFORE_CLOSE: u32 = 10;
+
+/// Rooms of more people than this hear no one come and go, only their count
+/// (at most once a minute: [`count_every_ms`]) and, on request, their names
+/// (`members`): a notice to everyone of every arrival squares a room's cost
+/// (API Gateway reconnects every connection every 2 hours, which alone is
+/// N²/3 600 posts a second). The web app shows no notices above this size
+/// either.
+pub const PRESENCE_NOTICES_UP_TO: usize = 100;
+/// How often a big room's count goes out at most, while people come and go:
+/// once a minute, and less often the bigger the room, so that one room's
+/// counts never cost more than about 33 posts a second (every 5 minutes at
+/// 10 000 people, every 10 at 20 000 and more).
+pub fn count_every_ms(people: usize) -> u64 {
+    (people as u64).saturating_mul(30).clamp(60_000, 600_000)
+}
 
 /// API Gateway answers 410 Gone for a connection until its `$connect` has
 /// returned, which takes at most the integration timeout (29 s). A
@@ -294,10 +313,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // On AWS this runs in an invocation of its own, which may come late
         // (a cold start, a throttled queue): the connection may have left,
         // or gone, by then, and a join after its leave would be a ghost.
-        match self.store.connection(&arrival.connection_id).await {
+        let connected_at = match self.store.connection(&arrival.connection_id).await {
             Ok(Some(now))
                 if now.room.as_deref() == Some(arrival.room.as_str())
-                    && now.name.as_deref() == Some(arrival.name.as_str()) => {}
+                    && now.name.as_deref() == Some(arrival.name.as_str()) =>
+            {
+                now.connected_at
+            }
             Ok(_) => {
                 tracing::info!(
                     connection_id = arrival.connection_id,
@@ -309,15 +331,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 tracing::warn!(connection_id = arrival.connection_id, %error, "could not announce a connect");
                 return;
             }
-        }
-        let announced = self
-            .announce(
-                &arrival.connection_id,
-                &arrival.room,
-                &arrival.name,
-                PresenceEvent::Join,
-            )
-            .await;
+        };
+        let arrived = Change::Arrived {
+            connection_id: &arrival.connection_id,
+            since: arrival_order(connected_at),
+            name: &arrival.name,
+        };
+        let announced = self.announce(&arrival.room, arrived).await;
         if let Err(error) = announced {
             tracing::warn!(connection_id = arrival.connection_id, %error, "could not announce a connect");
         }
@@ -358,10 +378,8 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             }
             Ok(ClientFrame::Leave) => self.leave(connection_id).await,
             Ok(ClientFrame::History { before }) => self.history(connection_id, before).await,
-            Ok(ClientFrame::Ping) => {
-                self.reply(connection_id, &ServerFrame::Pong).await;
-                Ok(())
-            }
+            Ok(ClientFrame::Members) => self.members(connection_id).await,
+            Ok(ClientFrame::Ping) => self.ping(connection_id).await,
             Err(error) => Err(error.into()),
         };
         // The refusal names what it refuses, when that is known.
@@ -372,25 +390,8 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             retry_after_ms,
             nonce: nonce.clone(),
         };
-        match result {
-            Ok(()) => response(200, "ok"),
-            Err(ChatError::Protocol(error)) => {
-                tracing::info!(connection_id, route, code = %error.code, "request refused");
-                self.reply(connection_id, &refusal(error.code, error.message, None))
-                    .await;
-                response(200, "refused")
-            }
-            Err(ChatError::RateLimited { retry_after_ms }) => {
-                tracing::info!(connection_id, route, retry_after_ms, "request rate limited");
-                let frame = refusal(
-                    ErrorCode::RateLimited,
-                    "you are going too fast: this was not done; wait a moment and try again"
-                        .to_owned(),
-                    Some(retry_after_ms),
-                );
-                self.reply(connection_id, &frame).await;
-                response(200, "refused")
-            }
+        let refused = match result {
+            Ok(()) => return response(200, "ok"),
             Err(ChatError::Store(error)) => {
                 tracing::error!(connection_id, route, %error, "request failed");
                 let frame = refusal(
@@ -399,15 +400,70 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     None,
                 );
                 self.reply(connection_id, &frame).await;
-                response(500, "internal error")
+                return response(500, "internal error");
             }
+            Err(ChatError::Protocol(error)) => {
+                tracing::info!(connection_id, route, code = %error.code, "request refused");
+                refusal(error.code, error.message, None)
+            }
+            Err(ChatError::RateLimited { retry_after_ms }) => {
+                tracing::info!(connection_id, route, retry_after_ms, "request rate limited");
+                refusal(
+                    ErrorCode::RateLimited,
+                    "you are going too fast: this was not done; wait a moment and try again"
+                        .to_owned(),
+                    Some(retry_after_ms),
+                )
+            }
+        };
+        if self.refused_too_often(connection_id).await {
+            return response(200, "closed");
         }
+        self.reply(connection_id, &refused).await;
+        response(200, "refused")
     }
 
-    /// Counts a membership change against the rate limit: each one is
-    /// announced to a whole room, so a flood of joins and leaves is as loud
-    /// as a flood of messages (and dearer).
-    async fn admit_change(&self, connection_id: &str) -> Result<(), ChatError> {
+    /// Counts a refusal, and closes the connection instead of answering once
+    /// it has had [`REFUSALS_BEFORE_CLOSE`] in a row: on AWS every refused
+    /// frame still costs an invocation, a write and a post, and a client
+    /// that keeps asking for what it cannot have (a script, a bug in a loop)
+    /// would cost that for as long as it likes. Reconnecting is held back by
+    /// the per-address handshake limit.
+    async fn refused_too_often(&self, connection_id: &str) -> bool {
+        let refusals = match self.store.note_refusal(connection_id).await {
+            Ok(refusals) => refusals,
+            Err(error) => {
+                tracing::warn!(connection_id, %error, "could not count a refusal");
+                return false;
+            }
+        };
+        if refusals < REFUSALS_BEFORE_CLOSE {
+            return false;
+        }
+        tracing::info!(
+            connection_id,
+            refusals,
+            "closing a connection whose requests keep being refused"
+        );
+        if let Err(error) = self.pusher.disconnect(connection_id).await {
+            tracing::warn!(connection_id, %error, "could not close a connection");
+        }
+        true
+    }
+
+    /// `ping`: a `pong`, counted against the rate limit like any action: a
+    /// flood of pings costs an invocation and a post each.
+    async fn ping(&self, connection_id: &str) -> Result<(), ChatError> {
+        self.admit_action(connection_id).await?;
+        self.reply(connection_id, &ServerFrame::Pong).await;
+        Ok(())
+    }
+
+    /// Counts an action that needs nothing of the connection's record
+    /// against the rate limit: a membership change (each is announced to a
+    /// whole room, so a flood of joins and leaves is as loud as a flood of
+    /// messages, and dearer) or a ping.
+    async fn admit_action(&self, connection_id: &str) -> Result<(), ChatError> {
         let limits = &self.config.limits;
         if limits.connection.is_none() && limits.client.is_none() {
             return Ok(());
@@ -424,14 +480,14 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 
     async fn join(&self, connection_id: &str, room: Room, name: Name) -> Result<(), ChatError> {
-        self.admit_change(connection_id).await?;
+        self.admit_action(connection_id).await?;
         let Some(previous) = self.store.join_room(connection_id, &room, &name).await? else {
             return Err(not_connected());
         };
         let rejoin = previous.room.as_deref() == Some(room.as_str())
             && previous.name.as_deref() == Some(name.as_str());
         if let (false, Some(old_room), Some(old_name)) = (rejoin, &previous.room, &previous.name) {
-            self.announce(connection_id, old_room, old_name, PresenceEvent::Leave)
+            self.announce(old_room, Change::left(connection_id, old_name))
                 .await?;
         }
 
@@ -439,7 +495,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // message before it reads the members, so every message reaches a
         // joiner one way or the other (rarely both: clients dedupe by id).
         let members = self.store.room_members(room.as_str()).await?;
-        let others: Vec<&Member> = others(&members, connection_id).collect();
+        let others = others(&members, connection_id);
         // One more than a page tells whether older ones remain.
         let mut history = self
             .store
@@ -449,23 +505,49 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         if more {
             history.remove(0);
         }
-        let member_names = std::iter::once(name.as_str())
-            .chain(others.iter().map(|member| &*member.name))
-            .map(str::to_owned)
-            .collect();
+        let member_names = people(std::iter::once(name.as_str()).chain(others.map(|m| &*m.name)));
         let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history, more);
         self.push_one(connection_id, frame).await;
         if !rejoin {
-            let presence = presence_frame(
-                PresenceEvent::Join,
-                room.as_str(),
-                name.as_str(),
-                others.len() + 1,
-            );
-            let recipients: Vec<&str> = others.iter().map(|m| &*m.connection_id).collect();
-            self.deliver(&recipients, presence).await;
+            let arrived = Change::Arrived {
+                connection_id,
+                since: arrival_order(previous.connected_at),
+                name: name.as_str(),
+            };
+            let gone = self.tell_room(room.as_str(), &members, arrived).await;
+            self.forget_gone_members(gone).await;
         }
         tracing::info!(connection_id, room = room.as_str(), rejoin, "joined");
+        Ok(())
+    }
+
+    /// `members`: the names of the people in the asker's room, as many as
+    /// fit a frame. A big room hears no one come and go; this is how its
+    /// member list is brought up to date. It counts against the rate limit
+    /// like a message: each is a Query of the whole room.
+    async fn members(&self, connection_id: &str) -> Result<(), ChatError> {
+        let connection = match self
+            .store
+            .admit_message(connection_id, &self.config.limits, now_us())
+            .await?
+        {
+            Admission::Admitted(connection) => connection,
+            Admission::Limited { retry_after_ms } => {
+                return Err(ChatError::RateLimited { retry_after_ms });
+            }
+            Admission::Unknown => return Err(not_in_room()),
+        };
+        let Some((room, name)) = connection.room.zip(connection.name) else {
+            return Err(not_in_room());
+        };
+        let members = self.store.room_members(&room).await?;
+        // The asker first, even if an eventually consistent index has not
+        // caught up with its join yet.
+        let names = people(
+            std::iter::once(name.as_str()).chain(others(&members, connection_id).map(|m| &*m.name)),
+        );
+        self.push_one(connection_id, joined::members_frame(&room, names))
+            .await;
         Ok(())
     }
 
@@ -554,14 +636,14 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 
     async fn leave(&self, connection_id: &str) -> Result<(), ChatError> {
-        self.admit_change(connection_id).await?;
+        self.admit_action(connection_id).await?;
         let previous = self.store.leave_room(connection_id).await?;
         let Some((room, name)) = previous.and_then(|c| c.room.zip(c.name)) else {
             return Err(not_in_room());
         };
         self.reply(connection_id, &ServerFrame::Left { room: room.clone() })
             .await;
-        self.announce(connection_id, &room, &name, PresenceEvent::Leave)
+        self.announce(&room, Change::left(connection_id, &name))
             .await?;
         tracing::info!(connection_id, room, "left");
         Ok(())
@@ -573,55 +655,183 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             return Ok(());
         };
         if let Some((room, name)) = previous.room.zip(previous.name) {
-            self.announce(connection_id, &room, &name, PresenceEvent::Leave)
+            self.announce(&room, Change::left(connection_id, &name))
                 .await?;
         }
         Ok(())
     }
 
-    /// Tells the others in `room` that `name` came or went.
-    async fn announce(
-        &self,
-        connection_id: &str,
-        room: &str,
-        name: &str,
-        event: PresenceEvent,
-    ) -> Result<(), StoreError> {
-        let (members, frame) = self.presence(connection_id, room, name, event).await?;
-        let recipients = recipients_of(&members, connection_id);
-        self.deliver(&recipients, frame).await;
+    /// Tells the others in `room` of `change`.
+    async fn announce(&self, room: &str, change: Change<'_>) -> Result<(), StoreError> {
+        let members = self.store.room_members(room).await?;
+        let gone = self.tell_room(room, &members, change).await;
+        self.forget_gone_members(gone).await;
         Ok(())
     }
 
-    /// The members of `room`, and the presence frame that tells those other
-    /// than `connection_id` of `event` (counting the members after it).
-    async fn presence(
+    /// Tells `members` (but the connections that came or went) of `change`;
+    /// returns the recipients found gone.
+    ///
+    /// Presence is about people, not connections: a name still in the room
+    /// on another connection did not leave, and one that came while an
+    /// earlier connection of the same name is there was already announced
+    /// by it (one person's second tab, or a reconnect whose old connection
+    /// has not closed yet: no post at all). Of two connections of one name
+    /// arriving together, the earlier tells, so one always does; the web
+    /// app keeps names as a set, so a name told twice is harmless. The
+    /// connections found are read again first (an index may lag).
+    ///
+    /// In a room of more than [`PRESENCE_NOTICES_UP_TO`] people, where a
+    /// notice to everyone for every arrival would square the room's cost
+    /// (API Gateway reconnects everyone every 2 hours), only the count goes
+    /// out, at most once a minute ([`count_every_ms`]).
+    async fn tell_room(&self, room: &str, members: &[Member], change: Change<'_>) -> Vec<String> {
+        let movers: &[&str] = match &change {
+            Change::Arrived { connection_id, .. } => std::slice::from_ref(connection_id),
+            Change::Left { connection_ids, .. } => connection_ids,
+        };
+        let staying = || {
+            members
+                .iter()
+                .filter(|member| !movers.contains(&&*member.connection_id))
+        };
+        let (event, mut names) = match &change {
+            Change::Arrived {
+                connection_id,
+                since,
+                name,
+            } => {
+                let earlier = staying().filter(|member| {
+                    &*member.name == *name
+                        && (member.since, &*member.connection_id) < (*since, *connection_id)
+                });
+                let already_told = self.still_here(room, name, earlier).await;
+                let names = if already_told {
+                    Vec::new()
+                } else {
+                    vec![(*name).to_owned()]
+                };
+                (PresenceEvent::Join, names)
+            }
+            Change::Left { names, .. } => {
+                let mut left = Vec::new();
+                for name in names {
+                    let twins = staying().filter(|member| *member.name == **name);
+                    if !self.still_here(room, name, twins).await {
+                        left.push(name.clone());
+                    }
+                }
+                (PresenceEvent::Leave, left)
+            }
+        };
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let recipients: Vec<&str> = staying().map(|member| &*member.connection_id).collect();
+        let mut count = people(staying().map(|member| &*member.name)).len();
+        if event == PresenceEvent::Join {
+            count += names.len();
+        }
+        if count > PRESENCE_NOTICES_UP_TO {
+            match self
+                .store
+                .claim_count_turn(room, now_ms(), count_every_ms(count))
+                .await
+            {
+                Ok(true) => {
+                    let frame = Frame::from(&ServerFrame::Count {
+                        room: room.to_owned(),
+                        count,
+                    });
+                    return self
+                        .pusher
+                        .push_all(&recipients, &frame, self.config.max_in_flight)
+                        .await;
+                }
+                Ok(false) => return Vec::new(),
+                Err(error) => {
+                    tracing::warn!(room, %error, "could not tell a room its count");
+                    return Vec::new();
+                }
+            }
+        }
+        // A frame stays within API Gateway's 32 KB: a name is at most 32
+        // characters of up to 4 bytes.
+        if names.len() > NAMES_PER_PRESENCE * MAX_PRESENCE_FRAMES {
+            // Each frame is a fan-out to the whole room; past this many the
+            // function's timeout is near. The count stays true, and the
+            // names come right with the next join.
+            tracing::warn!(
+                room,
+                names = names.len(),
+                "too many came or went at once to name them all"
+            );
+        }
+        let mut gone = Vec::new();
+        for names in names.chunks(NAMES_PER_PRESENCE).take(MAX_PRESENCE_FRAMES) {
+            let presence = Frame::from(&ServerFrame::Presence {
+                event,
+                room: room.to_owned(),
+                name: names[0].clone(),
+                count,
+                also: names[1..].to_vec(),
+            });
+            gone.extend(
+                self.pusher
+                    .push_all(&recipients, &presence, self.config.max_in_flight)
+                    .await,
+            );
+        }
+        gone
+    }
+
+    /// Whether any of `candidates` is still in `room` as `name`, read from
+    /// its record (strongly consistent: the member index may still list a
+    /// connection that has left). Usually there are none to read: only one
+    /// person's second tab, or a reconnect, makes one.
+    async fn still_here<'m>(
         &self,
-        connection_id: &str,
         room: &str,
         name: &str,
-        event: PresenceEvent,
-    ) -> Result<(Members, Frame), StoreError> {
-        let members = self.store.room_members(room).await?;
-        let count =
-            others(&members, connection_id).count() + usize::from(event == PresenceEvent::Join);
-        let frame = presence_frame(event, room, name, count);
-        Ok((members, frame))
+        candidates: impl Iterator<Item = &'m Member>,
+    ) -> bool {
+        for candidate in candidates {
+            match self.store.connection(&candidate.connection_id).await {
+                Ok(Some(record))
+                    if record.room.as_deref() == Some(room)
+                        && record.name.as_deref() == Some(name) =>
+                {
+                    return true;
+                }
+                Ok(_) => {}
+                // Told rather than kept quiet: a name told twice is harmless.
+                Err(error) => tracing::warn!(room, %error, "could not read a member's record"),
+            }
+        }
+        false
     }
 
     /// Sends one frame, serialized once, to every recipient at once, then
     /// forgets the recipients that turned out to be gone, telling their rooms.
     async fn deliver(&self, recipients: &[&str], frame: Frame) {
-        let mut gone = self
+        let gone = self
             .pusher
             .push_all(recipients, &frame, self.config.max_in_flight)
             .await;
-        // The gone members one fan-out found are forgotten together: one
-        // removal pass, then per room one member query and one presence
-        // frame that names them all. A room of thousands with a few stale
-        // members costs one more fan-out, not one per stale member. Telling
-        // a room can reveal more gone members; the loop ends because each
-        // connection can be removed only once.
+        self.forget_gone_members(gone).await;
+    }
+
+    /// Forgets connections a fan-out found gone, and tells their rooms.
+    ///
+    /// The gone members one fan-out found are forgotten together: one
+    /// removal pass, then per room one member query and one presence frame
+    /// that names them all. A room of thousands with a few stale members
+    /// costs one more fan-out, not one per stale member. Telling a room can
+    /// reveal more gone members; the loop ends because each connection can
+    /// be removed only once.
+    async fn forget_gone_members(&self, mut gone: Vec<String>) {
         while !gone.is_empty() {
             // Each presence frame's fan-out reports the same dead ids again.
             gone.sort_unstable();
@@ -635,38 +845,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                         continue;
                     }
                 };
-                let recipients: Vec<&str> = members
-                    .iter()
-                    .map(|member| &*member.connection_id)
-                    .filter(|id| !leavers.iter().any(|(gone, _)| gone == id))
-                    .collect();
-                let names: Vec<String> = leavers.into_iter().map(|(_, name)| name).collect();
-                // A frame stays within API Gateway's 32 KB: a name is at most
-                // 32 characters of up to 4 bytes.
-                if names.len() > NAMES_PER_PRESENCE * MAX_PRESENCE_FRAMES {
-                    // Each frame is a fan-out to the whole room; past this
-                    // many the function's timeout is near. The count stays
-                    // true, and the names come right with the next join.
-                    tracing::warn!(
-                        room,
-                        gone = names.len(),
-                        "too many gone at once to name them all"
-                    );
-                }
-                for names in names.chunks(NAMES_PER_PRESENCE).take(MAX_PRESENCE_FRAMES) {
-                    let presence = Frame::from(&ServerFrame::Presence {
-                        event: PresenceEvent::Leave,
-                        room: room.clone(),
-                        name: names[0].clone(),
-                        count: recipients.len(),
-                        also: names[1..].to_vec(),
-                    });
-                    gone.extend(
-                        self.pusher
-                            .push_all(&recipients, &presence, self.config.max_in_flight)
-                            .await,
-                    );
-                }
+                let (ids, names): (Vec<String>, Vec<String>) = leavers.into_iter().unzip();
+                let connection_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let left = Change::Left {
+                    connection_ids,
+                    names,
+                };
+                gone.extend(self.tell_room(&room, &members, left).await);
             }
         }
     }
@@ -715,14 +900,45 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 }
 
-fn presence_frame(event: PresenceEvent, room: &str, name: &str, count: usize) -> Frame {
-    Frame::from(&ServerFrame::Presence {
-        event,
-        room: room.to_owned(),
-        name: name.to_owned(),
-        count,
-        also: Vec::new(),
-    })
+/// Who came or went, for [`Chat::tell_room`].
+enum Change<'a> {
+    /// A connection joined a room as `name`; `since` orders connections by
+    /// arrival ([`arrival_order`]).
+    Arrived {
+        connection_id: &'a str,
+        since: u64,
+        name: &'a str,
+    },
+    /// Connections left a room; `names` are theirs.
+    Left {
+        connection_ids: Vec<&'a str>,
+        names: Vec<String>,
+    },
+}
+
+impl<'a> Change<'a> {
+    fn left(connection_id: &'a str, name: &str) -> Self {
+        Self::Left {
+            connection_ids: vec![connection_id],
+            names: vec![name.to_owned()],
+        }
+    }
+}
+
+/// A connection's place in the order of arrival, as [`Member::since`]
+/// holds it: whole seconds, which both stores can give.
+fn arrival_order(connected_at_ms: u64) -> u64 {
+    connected_at_ms / 1000
+}
+
+/// Names, each once, in the order first met: a person with two tabs is
+/// one person.
+fn people<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .filter(|name| seen.insert(*name))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_membership(room: &str, name: Option<&str>) -> Result<(Room, Name), ProtocolError> {
@@ -736,12 +952,6 @@ fn others<'a>(members: &'a [Member], connection_id: &'a str) -> impl Iterator<It
     members
         .iter()
         .filter(move |member| &*member.connection_id != connection_id)
-}
-
-fn recipients_of<'a>(members: &'a [Member], connection_id: &'a str) -> Vec<&'a str> {
-    others(members, connection_id)
-        .map(|member| &*member.connection_id)
-        .collect()
 }
 
 fn not_in_room() -> ChatError {

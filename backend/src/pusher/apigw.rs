@@ -15,6 +15,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::error::{DisplayErrorContext, SdkError};
+use aws_sdk_apigatewaymanagement::operation::delete_connection::DeleteConnectionError;
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 
@@ -182,6 +183,27 @@ impl Pusher for ApiGatewayPusher {
             }
             tokio::time::sleep(wait).await;
             attempt += 1;
+        }
+    }
+
+    /// One attempt: a connection left open is closed by its next refusal.
+    async fn disconnect(&self, connection_id: &str) -> Result<(), PushError> {
+        let result = self
+            .client
+            .delete_connection()
+            .connection_id(connection_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| matches!(e, DeleteConnectionError::GoneException(_))) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(PushError::Failed(DisplayErrorContext(&error).to_string())),
         }
     }
 }

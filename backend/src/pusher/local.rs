@@ -331,6 +331,15 @@ impl Pusher for LocalPusher {
         self.try_push(connection_id, frame)
     }
 
+    async fn disconnect(&self, connection_id: &str) -> Result<(), PushError> {
+        self.close(
+            connection_id,
+            close_code::POLICY,
+            "too many refused requests",
+        );
+        Ok(())
+    }
+
     /// Every push is an enqueue that never waits, so a plain loop beats
     /// juggling futures (and allocates nothing per recipient).
     async fn push_all(&self, recipients: &[&str], frame: &Frame, _: usize) -> Vec<String> {

@@ -65,6 +65,12 @@ pub trait Pusher: Send + Sync + 'static {
         frame: Frame,
     ) -> impl Future<Output = Result<(), PushError>> + Send;
 
+    /// Closes a connection from the server's side (API Gateway's `DELETE
+    /// @connections`); its `$disconnect` follows. A connection already gone
+    /// is not an error.
+    fn disconnect(&self, connection_id: &str)
+    -> impl Future<Output = Result<(), PushError>> + Send;
+
     /// Delivers `frame` to every recipient and returns the ones that turned
     /// out to be gone. One failing recipient never holds up or stops the
     /// others. By default the posts run concurrently, `max_in_flight` at a
@@ -171,6 +177,10 @@ mod tests {
                 id if id.starts_with("gone") => Err(PushError::Gone),
                 _ => Err(PushError::Failed("429 Too Many Requests".into())),
             }
+        }
+
+        async fn disconnect(&self, _connection_id: &str) -> Result<(), PushError> {
+            Ok(())
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - connections: hash key `connectionId`; `room`, `name`, `connectedAt`
 //!   (ms), `expiresAt` (TTL, s), `rateFullAt` (the rate limit's state, µs),
-//!   `client` (the address the per-client limits count). The GSI
+//!   `refusals` (refused requests since the last admitted one), `client`
+//!   (the address the per-client limits count). The GSI
 //!   `room-index` (hash key `room`) projects `name` and `expiresAt`, which is
 //!   all fan-out and the member list need; it is sparse, so connections
 //!   outside any room cost it nothing.
@@ -13,7 +14,9 @@
 //!   The same table keeps one item per client address, keyed
 //!   `client#{address}` (never a connection id, which API Gateway makes of
 //!   letters and digits): `handshakeFullAt` and `inheritFullAt` (µs), and
-//!   an `expiresAt` that lets DynamoDB forget it.
+//!   an `expiresAt` that lets DynamoDB forget it. Likewise one item per big
+//!   room, keyed `count#{room}`: `countedAt` (ms), when its count last went
+//!   out. Neither has a `room`, so the room index never sees them.
 //! - messages: hash key `room` (its lower-case id), sort key `id`
 //!   (time-ordered and unique); `name`, `data`, `ts` (ms), `nonce` (the
 //!   sender's own id for it, when given), `expiresAt` (TTL, s).
@@ -51,6 +54,8 @@ const TTL_ATTRIBUTE: &str = "expiresAt";
 const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
+/// Refused requests since the connection's last admitted action.
+const REFUSALS_ATTRIBUTE: &str = "refusals";
 /// A client address's handshake limit's state (µs).
 const HANDSHAKE_ATTRIBUTE: &str = "handshakeFullAt";
 /// Where a client address's next connection's rate limit starts (µs).
@@ -63,6 +68,13 @@ const CLIENT_TTL: Duration = Duration::from_secs(3600);
 fn client_item_key(client: &str) -> String {
     format!("client#{client}")
 }
+
+/// The key of a big room's count item in the connections table: when its
+/// count last went out ([`Store::claim_count_turn`]).
+fn count_item_key(room: &str) -> String {
+    format!("count#{room}")
+}
+const COUNTED_AT_ATTRIBUTE: &str = "countedAt";
 /// DynamoDB's limit of items per BatchWriteItem.
 pub const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of retrying unprocessed items before a batch counts as failed.
@@ -475,13 +487,19 @@ impl DynamoStore {
             .key("connectionId", s(connection_id))
             .update_expression(update)
             .condition_expression("attribute_exists(connectionId)")
-            .expression_attribute_names("#room", "room")
             .return_values(ReturnValue::AllOld);
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
         }
+        // DynamoDB refuses names the expression does not use.
+        if update.contains("#room") {
+            request = request.expression_attribute_names("#room", "room");
+        }
         if update.contains("#name") {
             request = request.expression_attribute_names("#name", "name");
+        }
+        if update.contains("#refusals") {
+            request = request.expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE);
         }
         let result = request.send().await.map(|output| output.attributes);
         self.previous_connection(result, "UpdateItem")
@@ -535,6 +553,9 @@ impl DynamoStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if update.contains("#expires") {
             request = request.expression_attribute_names("#expires", TTL_ATTRIBUTE);
+        }
+        if update.contains("#refusals") {
+            request = request.expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE);
         }
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
@@ -672,9 +693,11 @@ impl DynamoStore {
         now_us: u64,
         expires: Option<AttributeValue>,
     ) -> Result<Gcra, StoreError> {
+        // A connection's admitted action also starts its count of refusals
+        // again, in the same write.
         let (exists, set_expiry) = match expires {
             Some(_) => ("", ", #expires = :expires"),
-            None => ("attribute_exists(connectionId) AND ", ""),
+            None => ("attribute_exists(connectionId) AND ", " REMOVE #refusals"),
         };
         let with_expiry = |mut values: Vec<(&'static str, AttributeValue)>| {
             if let Some(expires) = &expires {
@@ -873,10 +896,26 @@ impl Store for DynamoStore {
         now_us: u64,
     ) -> Result<Admission, StoreError> {
         let Some(limit) = &limits.connection else {
-            return Ok(self
-                .connection(connection_id)
-                .await?
-                .map_or(Admission::Unknown, Admission::Admitted));
+            let item = self
+                .client
+                .get_item()
+                .table_name(&self.config.connections_table)
+                .key("connectionId", s(connection_id))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(backend("GetItem"))?
+                .item;
+            let Some(item) = item else {
+                return Ok(Admission::Unknown);
+            };
+            // Admitted: a count of refusals starts again (a write only
+            // after a refusal; with the limit on it comes free with it).
+            if optional_n(&item, REFUSALS_ATTRIBUTE).is_some_and(|n| n > 0) {
+                self.update_connection(connection_id, "REMOVE #refusals", Vec::new())
+                    .await?;
+            }
+            return self.connection_from_item(&item).map(Admission::Admitted);
         };
         match self
             .admit_gcra(connection_id, RATE_ATTRIBUTE, limit, now_us, None)
@@ -901,6 +940,36 @@ impl Store for DynamoStore {
         }
     }
 
+    /// One UpdateItem (`ADD`, returning the count).
+    async fn note_refusal(&self, connection_id: &str) -> Result<u32, StoreError> {
+        let counted = self
+            .client
+            .update_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(connection_id))
+            .update_expression("ADD #refusals :one")
+            .condition_expression("attribute_exists(connectionId)")
+            .expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE)
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match counted {
+            Ok(output) => Ok(output
+                .attributes
+                .as_ref()
+                .and_then(|item| optional_n(item, REFUSALS_ATTRIBUTE))
+                .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX))),
+            Err(error)
+                if error.as_service_error().and_then(|e| e.code())
+                    == Some("ConditionalCheckFailedException") =>
+            {
+                Ok(0)
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+
     async fn join_room(
         &self,
         connection_id: &str,
@@ -909,7 +978,7 @@ impl Store for DynamoStore {
     ) -> Result<Option<Connection>, StoreError> {
         self.update_connection(
             connection_id,
-            "SET #room = :room, #name = :name",
+            "SET #room = :room, #name = :name REMOVE #refusals",
             vec![(":room", s(room.as_str())), (":name", s(name.as_str()))],
         )
         .await
@@ -958,8 +1027,42 @@ impl Store for DynamoStore {
         self.previous_connection(deleted, "DeleteItem")
     }
 
+    /// One conditional UpdateItem on the room's count item.
+    async fn claim_count_turn(
+        &self,
+        room: &str,
+        now_ms: u64,
+        every_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let claimed = self
+            .client
+            .update_item()
+            .table_name(&self.config.connections_table)
+            .key("connectionId", s(&count_item_key(room)))
+            .update_expression("SET #at = :now, #expires = :expires")
+            .condition_expression("attribute_not_exists(#at) OR #at <= :since")
+            .expression_attribute_names("#at", COUNTED_AT_ATTRIBUTE)
+            .expression_attribute_names("#expires", TTL_ATTRIBUTE)
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":since", n(now_ms.saturating_sub(every_ms)))
+            .expression_attribute_values(":expires", self.expiry(now_ms, CLIENT_TTL))
+            .send()
+            .await;
+        match claimed {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error.as_service_error().and_then(|e| e.code())
+                    == Some("ConditionalCheckFailedException") =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         let table = &self.config.connections_table;
+        let ttl_s = self.config.connection_ttl.as_secs();
         let items = self
             .client
             .query()
@@ -984,6 +1087,10 @@ impl Store for DynamoStore {
                 Ok(Member {
                     connection_id: required_s(item, "connectionId", table)?.into(),
                     name: required_s(item, "name", table)?.into(),
+                    // The index projects the expiry, a fixed time after the
+                    // connect (in whole seconds).
+                    since: optional_n(item, TTL_ATTRIBUTE)
+                        .map_or(0, |expires| expires.saturating_sub(ttl_s)),
                 })
             })
             .collect()

@@ -39,6 +39,8 @@ struct Membership {
     clients: HashMap<Arc<str>, ClientRecord>,
     /// How many clients there were after the last pruning.
     clients_after_prune: usize,
+    /// When each big room's count last went out (ms); dropped with the room.
+    counted_at: HashMap<Arc<str>, u64>,
 }
 
 struct Record {
@@ -48,6 +50,8 @@ struct Record {
     /// The rate limit's state ([`RateLimit::admit`]).
     full_again_us: u64,
     client: Option<Arc<str>>,
+    /// Refused requests since its last admitted action.
+    refusals: u32,
 }
 
 /// One client address's rate limits ([`RateLimit::admit`] states).
@@ -176,6 +180,7 @@ impl Membership {
         let name = Arc::clone(name);
         if remaining.is_empty() {
             self.rooms.remove(room);
+            self.counted_at.remove(room);
             Some(name)
         } else {
             self.rooms.insert(name, remaining);
@@ -246,6 +251,7 @@ impl Store for LocalStore {
                     Member {
                         connection_id: Arc::clone(&id),
                         name: Arc::clone(&name),
+                        since: connected_at / 1000,
                     },
                 );
                 (Some(room), Some(name))
@@ -268,6 +274,7 @@ impl Store for LocalStore {
                 name,
                 full_again_us,
                 client,
+                refusals: 0,
             },
         );
         Ok(())
@@ -327,7 +334,19 @@ impl Store for LocalStore {
             }
         }
         record.full_again_us = connection_next;
+        record.refusals = 0;
         Ok(Admission::Admitted(record.connection(connection_id)))
+    }
+
+    async fn note_refusal(&self, connection_id: &str) -> Result<u32, StoreError> {
+        let mut state = self.membership();
+        Ok(state
+            .connections
+            .get_mut(connection_id)
+            .map_or(0, |record| {
+                record.refusals = record.refusals.saturating_add(1);
+                record.refusals
+            }))
     }
 
     async fn join_room(
@@ -338,16 +357,22 @@ impl Store for LocalStore {
     ) -> Result<Option<Connection>, StoreError> {
         Ok(self.take_out(connection_id, |state| {
             let (room, name): (Arc<str>, Arc<str>) = (room.as_str().into(), name.as_str().into());
+            let since = state
+                .connections
+                .get(connection_id)
+                .map_or(0, |record| record.connected_at / 1000);
             state.enter(
                 &room,
                 Member {
                     connection_id: connection_id.into(),
                     name: Arc::clone(&name),
+                    since,
                 },
             );
             if let Some(record) = state.connections.get_mut(connection_id) {
                 record.room = Some(room);
                 record.name = Some(name);
+                record.refusals = 0;
             }
         }))
     }
@@ -383,6 +408,26 @@ impl Store for LocalStore {
             return Ok(None);
         }
         self.remove_connection(connection_id).await
+    }
+
+    async fn claim_count_turn(
+        &self,
+        room: &str,
+        now_ms: u64,
+        every_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.membership();
+        // Only rooms in use: the map stays as small as the rooms.
+        let Some((room, _)) = state.rooms.get_key_value(room) else {
+            return Ok(false);
+        };
+        let room = Arc::clone(room);
+        let last = state.counted_at.entry(room).or_insert(0);
+        if *last != 0 && now_ms < last.saturating_add(every_ms) {
+            return Ok(false);
+        }
+        *last = now_ms;
+        Ok(true)
     }
 
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {

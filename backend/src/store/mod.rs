@@ -40,6 +40,9 @@ pub struct Connection {
 pub struct Member {
     pub connection_id: Arc<str>,
     pub name: Arc<str>,
+    /// When it connected, in whole seconds since the epoch: which of two
+    /// connections of one name came first.
+    pub since: u64,
 }
 
 /// A room's members at one moment, shared rather than copied: a fan-out holds
@@ -338,6 +341,16 @@ pub trait Store: Send + Sync + 'static {
         now_us: u64,
     ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
+    /// Counts a refused request of the connection's (a frame it could not
+    /// have, or one over its rate limit) and returns how many in a row it
+    /// has had: an admitted message, history or members request
+    /// ([`Store::admit_message`]) or a join starts the count again. 0 when
+    /// the connection is not recorded.
+    fn note_refusal(
+        &self,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
     /// Puts the connection in `room` as `name`; `None` when the connection is
     /// not (or no longer) recorded.
     fn join_room(
@@ -368,6 +381,16 @@ pub trait Store: Send + Sync + 'static {
         connection_id: &str,
         connected_before: u64,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+
+    /// Whether `room`'s count may go out now: true at most once every
+    /// `every_ms` per room, whoever asks (a big room's arrivals and
+    /// departures are told as a count, and not on every one of them).
+    fn claim_count_turn(
+        &self,
+        room: &str,
+        now_ms: u64,
+        every_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Every member of `room`, across as many pages as it takes.
     fn room_members(&self, room: &str) -> impl Future<Output = Result<Members, StoreError>> + Send;

@@ -20,23 +20,66 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A DynamoDB engine served on a loopback port by this test process, on a
-/// runtime of its own: it keeps answering while the test blocks (waiting for
-/// a chat-local it talks to, say).
+/// The second DynamoDB engine the tests run on, when `CHAT_TEST_MOTO` names
+/// one (`scripts/test` starts moto's server mode, from PyPI, and runs the
+/// store, handler, cost and socket suites on it too): an implementation
+/// independent of dynoxide's, so that what the code relies on is DynamoDB's
+/// behaviour and not one engine's.
+pub fn moto_endpoint() -> Option<String> {
+    std::env::var("CHAT_TEST_MOTO")
+        .ok()
+        .filter(|endpoint| !endpoint.is_empty())
+}
+
+/// Table names no other test on a shared engine uses: `{prefix}-connections`
+/// and `{prefix}-messages`.
+pub fn unique_table_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
+}
+
+/// A DynamoDB engine for one test: dynoxide served on a loopback port by
+/// this test process, on a runtime of its own (it keeps answering while the
+/// test blocks, waiting for a chat-local it talks to, say), or tables of
+/// the test's own on the shared moto server ([`moto_endpoint`]).
 pub struct Dynamo {
     pub endpoint: String,
     pub client: aws_sdk_dynamodb::Client,
-    _server: StoppableDynamo,
+    tables: Option<String>,
+    _server: Option<StoppableDynamo>,
 }
 
 impl Dynamo {
     pub async fn start() -> Self {
+        if let Some(endpoint) = moto_endpoint() {
+            return Self {
+                client: backend::local::dynamodb::local_client(&endpoint),
+                endpoint,
+                tables: Some(unique_table_prefix()),
+                _server: None,
+            };
+        }
         let server = StoppableDynamo::start();
         let client = backend::local::dynamodb::local_client(&server.endpoint);
         Self {
             endpoint: server.endpoint.clone(),
             client,
-            _server: server,
+            tables: None,
+            _server: Some(server),
+        }
+    }
+
+    /// The store's defaults, with this engine's table names.
+    pub fn store_config(&self) -> backend::store::dynamodb::StoreConfig {
+        let defaults = backend::store::dynamodb::StoreConfig::default();
+        match &self.tables {
+            Some(prefix) => backend::store::dynamodb::StoreConfig {
+                connections_table: format!("{prefix}-connections"),
+                messages_table: format!("{prefix}-messages"),
+                ..defaults
+            },
+            None => defaults,
         }
     }
 }
@@ -149,8 +192,28 @@ impl Server {
         if !options.extra.contains(&"--rate-limit") {
             command.args(["--rate-limit", "0"]);
         }
-        if let Some(endpoint) = options.dynamodb_endpoint {
-            command.args(["--dynamodb-endpoint", endpoint]);
+        // A test of the embedded engine itself keeps it.
+        let embedded = options.extra.contains(&"--dynamodb-listen");
+        match (
+            options.dynamodb_endpoint,
+            moto_endpoint().filter(|_| !embedded),
+        ) {
+            (Some(endpoint), _) => {
+                command.args(["--dynamodb-endpoint", endpoint]);
+            }
+            // Tables of this server's own on the shared moto server, the
+            // same across a restart (named after the data directory).
+            (None, Some(moto)) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                options.data_dir.hash(&mut hasher);
+                let prefix = format!("s{:x}", hasher.finish());
+                command
+                    .args(["--dynamodb-endpoint", &moto])
+                    .args(["--connections-table", &format!("{prefix}-connections")])
+                    .args(["--messages-table", &format!("{prefix}-messages")]);
+            }
+            (None, None) => {}
         }
         // The socket suite runs once per store (`scripts/test` sets this).
         if !options.extra.contains(&"--store")

@@ -5,7 +5,7 @@ use shared::{ClientFrame, PresenceEvent, check_message_data, limits::DATA_MAX_BY
 
 use super::{Chat, ConnectionStatus, ReconnectBanner, WaitingElsewhere};
 use crate::browser;
-use crate::state::{Entry, Older, Request, Sending, Status, presence_text};
+use crate::state::{BIG_ROOM, Entry, Older, Request, Sending, Status, presence_text};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -710,27 +710,31 @@ fn Composer(log_ref: NodeRef<html::Div>) -> impl IntoView {
 fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoView {
     let chat = expect_context::<Chat>();
     let state = chat.state;
-    // A name on several connections (two tabs, two people, or a reconnect
-    // whose old connection the server has not let go yet) is listed once,
-    // with how many there are.
-    let distinct = Memo::new(move |_| {
+    // People, each once (the server tells of names, not connections: two
+    // tabs of one person are one), in the reader's alphabetical order.
+    let sorted = Memo::new(move |_| {
         let mut members = state.members.get();
         members.sort_by(|a, b| browser::compare_names(a, b));
-        let mut counted: Vec<(String, usize)> = Vec::new();
-        for name in members {
-            match counted.last_mut() {
-                Some((last, n)) if *last == name => *n += 1,
-                _ => counted.push((name, 1)),
-            }
-        }
-        counted
+        members.dedup();
+        members
     });
     let count = move || state.people();
+    // A big room hears no one come and go: its list is asked for when
+    // looked at, and on Refresh.
+    let big = move || state.count.get() > BIG_ROOM;
+    let refresh = move || {
+        if big() {
+            chat.outbox.send(ClientFrame::Members);
+        }
+    };
     // As a sheet (on a phone), it takes the focus when opened and gives it
     // back to its button when closed.
     let close_button = NodeRef::<html::Button>::new();
     Effect::new(move |was_open: Option<bool>| {
         let is_open = open.get();
+        if is_open && was_open == Some(false) {
+            refresh();
+        }
         if is_open && let Some(close) = close_button.get_untracked() {
             let _ = close.focus();
         } else if was_open == Some(true)
@@ -745,17 +749,17 @@ fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoV
             on:keydown=move |event: KeyboardEvent| if event.key() == "Escape" { open.set(false) }>
             <div class="members-head">
                 <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
+                <button type="button" class="secondary refresh" hidden=move || !big()
+                    on:click=move |_| refresh()
+                    title="A room this big lists its members when asked">"Refresh"</button>
                 <button type="button" class="secondary close" node_ref=close_button
                     on:click=move |_| open.set(false)>"Close"</button>
             </div>
             <ul aria-label="Members">
-                <For each=move || distinct.get() key=|entry| entry.clone() let:member>
+                <For each=move || sorted.get() key=|name| name.clone() let:member>
                     <li>
-                        <span class="avatar" aria-hidden="true">{initial(&member.0)}</span>
-                        <span class="member-name" title=member.0.clone()>{member.0.clone()}</span>
-                        {(member.1 > 1).then(|| view! {
-                            <span class="times" title="connected more than once">{format!("×{}", member.1)}</span>
-                        })}
+                        <span class="avatar" aria-hidden="true">{initial(&member)}</span>
+                        <span class="member-name" title=member.clone()>{member.clone()}</span>
                     </li>
                 </For>
             </ul>
