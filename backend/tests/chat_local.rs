@@ -259,17 +259,10 @@ async fn every_bad_frame_gets_its_error_and_the_socket_keeps_working() {
         send_text(&mut socket, frame).await;
         expect_error(&mut socket, code).await;
     }
-    // In and out of a room: ten refusals in a row would close the socket
-    // (`a_connection_whose_requests_keep_being_refused_is_closed`), and an
-    // admitted join starts the count again.
-    send(
-        &mut socket,
-        json!({"action": "join", "room": "ok", "name": "Ada"}),
-    )
-    .await;
-    expect(&mut socket, "joined").await;
-    send(&mut socket, json!({"action": "leave"})).await;
-    expect(&mut socket, "left").await;
+    // Ten refusals within a minute close a socket
+    // (`a_connection_whose_requests_keep_being_refused_is_closed`): the
+    // rest on a new one.
+    let mut socket = server.connect().await;
     let cases = [
         (r#"{"action": "sendmessage", "data": "x"}"#, "not_in_room"),
         (r#"{"action": "leave"}"#, "not_in_room"),
@@ -292,6 +285,7 @@ async fn every_bad_frame_gets_its_error_and_the_socket_keeps_working() {
         expect_error(&mut socket, code).await;
     }
 
+    let mut socket = server.connect().await;
     send(
         &mut socket,
         json!({"action": "join", "room": "ok", "name": "Ada"}),
@@ -713,8 +707,14 @@ async fn connection_records_outlive_the_longest_connection() {
         .unwrap()
         .items
         .unwrap_or_default();
-    assert_eq!(items.len(), 1, "{items:?}");
-    let expires: u64 = items[0]["expiresAt"].as_n().unwrap().parse().unwrap();
+    // The connection's record (and the name's presence count, `#` in its
+    // key, with the same lifetime).
+    let records: Vec<_> = items
+        .iter()
+        .filter(|item| !item["connectionId"].as_s().unwrap().contains('#'))
+        .collect();
+    assert_eq!(records.len(), 1, "{items:?}");
+    let expires: u64 = records[0]["expiresAt"].as_n().unwrap().parse().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -795,8 +795,8 @@ async fn a_flood_is_refused_past_the_burst_and_sending_works_again_after_a_pause
 /// Every refused frame costs the server (on AWS an invocation, a write and
 /// a post): a client that keeps sending what is refused, pings over the
 /// rate limit or frames that make no sense, is closed after
-/// `REFUSALS_BEFORE_CLOSE` in a row, without another answer. An admitted
-/// action starts the count again, so an occasional mistake never closes.
+/// `REFUSALS_BEFORE_CLOSE` within a minute, without another answer. An
+/// admitted request in between buys nothing.
 #[tokio::test]
 async fn a_connection_whose_requests_keep_being_refused_is_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -808,22 +808,36 @@ async fn a_connection_whose_requests_keep_being_refused_is_closed() {
     });
     let refusals = backend::chat::REFUSALS_BEFORE_CLOSE as usize;
 
-    // Mistakes with admitted actions between them: never closed.
+    // Nine mistakes are each answered, and the socket stays open.
     let (mut clumsy, _) = server.join("r", "Clumsy").await;
-    for round in 0..2 {
-        for _ in 1..refusals {
-            send_text(&mut clumsy, "not json").await;
-            expect_error(&mut clumsy, "bad_request").await;
-        }
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        say(&mut clumsy, &format!("still here {round}")).await;
-        expect(&mut clumsy, "message").await;
+    for _ in 1..refusals {
+        send_text(&mut clumsy, "not json").await;
+        expect_error(&mut clumsy, "bad_request").await;
     }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    say(&mut clumsy, "still here").await;
+    expect(&mut clumsy, "message").await;
+    // The tenth within the minute closes it, admitted requests or not.
+    send_text(&mut clumsy, "not json").await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match clumsy.next().await {
+                Some(Ok(Message::Close(close))) => return close,
+                Some(Ok(Message::Text(text))) => panic!("answered after the tenth: {text}"),
+                Some(Ok(_)) => {}
+                other => panic!("the server closes the socket properly: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed.expect("a close frame").code, CloseCode::Policy);
 
     // Pings over the rate limit: answered while the bucket lasts, refused
     // after, then closed.
-    let (mut pinger, _) = server.join("r", "Pinger").await;
-    expect(&mut clumsy, "presence").await;
+    let (mut watcher, _) = server.join("pings", "Watcher").await;
+    let (mut pinger, _) = server.join("pings", "Pinger").await;
+    expect(&mut watcher, "presence").await;
     for _ in 0..40 {
         if pinger
             .send(Message::text(r#"{"action":"ping"}"#))
@@ -856,18 +870,20 @@ async fn a_connection_whose_requests_keep_being_refused_is_closed() {
             other => panic!("the server closes the socket properly: {other:?}"),
         }
     };
-    assert_eq!(pongs, 2, "the burst of 3 less the join's share");
+    assert!(
+        (2..=3).contains(&pongs),
+        "the burst of 3 less the join's share: {pongs}"
+    );
     assert_eq!(refused, refusals - 1, "the last refusal is the close");
-    let close = close.expect("a close frame with a code");
-    assert_eq!(close.code, CloseCode::Policy);
-    // The room hears that the pinger left; the clumsy one is still there.
-    let left = expect(&mut clumsy, "presence").await;
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+    // The room hears that the pinger left.
+    let left = expect(&mut watcher, "presence").await;
     assert_eq!(
         (&left["event"], &left["name"]),
         (&json!("leave"), &json!("Pinger"))
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    expect_alive(&mut clumsy).await;
+    expect_alive(&mut watcher).await;
 }
 
 /// The status line of a WebSocket handshake, and whatever body came with it.
@@ -1238,14 +1254,34 @@ async fn reconnecting_in_a_loop_gets_no_more_into_a_room_than_the_address_may_se
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let spam = drain(&mut watcher)
-        .await
-        .iter()
-        .filter(|frame| frame["type"] == "message" && frame["name"] == "spam")
-        .count();
-    let (client_rate, client_burst) = Limits::DEFAULT_CLIENT;
-    let address_bound = f64::from(client_burst) + client_rate * elapsed;
+    // Everything the server let in, however long a slow engine takes to
+    // deliver it: drained until a round trip brings no more.
+    let mut spam = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let more = drain(&mut watcher)
+            .await
+            .iter()
+            .filter(|frame| frame["type"] == "message" && frame["name"] == "spam")
+            .count();
+        if more == 0 {
+            break;
+        }
+        spam += more;
+    }
+    // In memory the address has a cap of its own. With every record in
+    // DynamoDB it has none (it would cost a write per message): there the
+    // handshake limit bounds its connections, each with one burst (a
+    // connection inherits a spent bucket only once its last one spent it,
+    // which a slow engine may not have yet).
+    let in_dynamodb = std::env::var("CHAT_TEST_STORE").as_deref() == Ok("dynamodb");
+    let address_bound = if in_dynamodb {
+        let (handshake_rate, handshake_burst) = Limits::DEFAULT_HANDSHAKES;
+        (f64::from(handshake_burst) + handshake_rate * elapsed) * 10.0
+    } else {
+        let (client_rate, client_burst) = Limits::DEFAULT_CLIENT;
+        f64::from(client_burst) + client_rate * elapsed
+    };
     eprintln!(
         "reconnect loop: {sockets} sockets, {refused} handshakes refused, {spam} messages into the room in {elapsed:.1} s (address bound {address_bound:.0})"
     );

@@ -257,7 +257,9 @@ fn the_handlers_answer_every_frame() {
             let expected = if binary {
                 Err(shared::ErrorCode::BadRequest)
             } else {
-                ClientFrame::parse(&body).map_err(|error| error.code)
+                ClientFrame::parse(&body)
+                    .and_then(|frame| backend::chat::on_its_route(route, frame))
+                    .map_err(|error| error.code)
             };
             let response = runtime.block_on(chat.handle(event(&id, route, body.clone(), binary)));
             let sent: VecDeque<ServerFrame> = drain(&socket)

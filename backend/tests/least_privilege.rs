@@ -285,8 +285,12 @@ impl Run {
             self.send("join", id, join).await;
         }
         self.send("leave", "twin1", r#"{"action":"leave"}"#).await;
-        self.send("join", "twin1", r#"{"action":"join","room":"r","name":"Twin"}"#)
-            .await;
+        self.send(
+            "join",
+            "twin1",
+            r#"{"action":"join","room":"r","name":"Twin"}"#,
+        )
+        .await;
         self.disconnect("twin2").await;
         // The big room: its count, whoever comes or goes.
         self.connect("e", &[("room", "big"), ("name", "E")]).await;
@@ -455,8 +459,15 @@ fn references(value: &Value) -> Vec<String> {
 #[tokio::test]
 async fn each_function_may_do_what_its_route_does_and_nothing_more() {
     let mut needed: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
-    // The template's RateLimit: on (the default), or 0 (load tests).
-    for limits in [Limits::with_connection(100.0, 100).unwrap(), Limits::OFF] {
+    // The template's RateLimit: on (the default), or 0 (load tests); and
+    // the handshake limit off alone, as the functions' environment allows
+    // (`HANDSHAKE_RATE_LIMIT=0`).
+    let on = Limits::with_connection(100.0, 100).unwrap();
+    let without_handshakes = Limits {
+        handshakes: None,
+        ..on
+    };
+    for limits in [on, Limits::OFF, without_handshakes] {
         let mut run = Run::new(limits).await;
         run.every_path().await;
         for (route, calls) in run.needs.0 {

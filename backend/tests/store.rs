@@ -85,7 +85,6 @@ async fn room_members_follow_every_page() {
         .map(|i| Member {
             connection_id: format!("conn-{i}").into(),
             name: format!("user {i}").into(),
-            since: now / 1000,
         })
         .collect();
     let mut expected = expected;
@@ -342,6 +341,8 @@ async fn a_restart_removes_its_own_stale_records_and_nobody_elses() {
             ))
             .await
             .unwrap();
+        // Counted into the room's presence, as a connect-time join is.
+        store.count_presence("r", id, 1, recently()).await.unwrap();
     }
     lambda
         .add_connection(&NewConnection::new(
@@ -366,6 +367,14 @@ async fn a_restart_removes_its_own_stale_records_and_nobody_elses() {
         .collect();
     left.sort();
     assert_eq!(left, ["l1", "t1"], "only this gateway's records go");
+    // And out of it: m1's next arrival is told again.
+    assert_eq!(
+        restarted
+            .count_presence("r", "m1", 1, recently())
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(restarted.recent_messages("r", 50).await.unwrap().len(), 1);
     assert_eq!(restarted.remove_stale_connections(true).await.unwrap(), 0);
 }
@@ -628,6 +637,48 @@ async fn the_rate_limit_is_the_same_in_dynamodb_and_in_memory() {
     let local = backend::store::local::LocalStore::new(dynamo_store.clone(), dynamo_store);
     rate_limit_sequence(&local).await;
     client_limit_sequence(&local).await;
+}
+
+/// Presence counts per name and room, and refusals counted within a
+/// window: what the handlers decide on.
+async fn presence_and_refusal_sequence(store: &impl Store) {
+    let now = recently();
+    let count = |room: &'static str, name: &'static str, delta: i64| async move {
+        store.count_presence(room, name, delta, now).await.unwrap()
+    };
+    // Two tabs of one name, then both gone: told on the first and the last.
+    assert_eq!(count("r", "Ada", 1).await, 1);
+    assert_eq!(count("r", "Ada", 1).await, 2);
+    assert_eq!(count("r2", "Ada", 1).await, 1, "per room");
+    assert_eq!(count("r", "ada", 1).await, 1, "per name as written");
+    assert_eq!(count("r", "Ada", -1).await, 1);
+    assert_eq!(count("r", "Ada", -1).await, 0);
+    // A departure counted twice (a record forgotten twice) is not carried
+    // into the next arrival, which is told.
+    assert_eq!(count("r", "Ada", -1).await, 0);
+    assert_eq!(count("r", "Ada", 1).await, 1);
+
+    store
+        .add_connection(&NewConnection::new("refused", now, None))
+        .await
+        .unwrap();
+    let refuse = |at: u64| async move { store.note_refusal("refused", at).await.unwrap() };
+    assert_eq!(refuse(now).await, 1);
+    assert_eq!(refuse(now + 1_000).await, 2);
+    assert_eq!(refuse(now + 59_000).await, 3);
+    // A minute after the first, counting starts again.
+    assert_eq!(refuse(now + 60_000).await, 1);
+    assert_eq!(refuse(now + 61_000).await, 2);
+    assert_eq!(store.note_refusal("nobody", now).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn presence_and_refusals_are_counted_the_same_in_dynamodb_and_in_memory() {
+    let dynamo = Dynamo::start().await;
+    let dynamo_store = store(&dynamo, None).await;
+    presence_and_refusal_sequence(&dynamo_store).await;
+    let local = backend::store::local::LocalStore::new(dynamo_store.clone(), dynamo_store);
+    presence_and_refusal_sequence(&local).await;
 }
 
 #[tokio::test]

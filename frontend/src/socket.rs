@@ -121,6 +121,13 @@ impl Outbox {
         self.send(ClientFrame::Join { room, name });
     }
 
+    /// Asks for the room's member list, unless a request is on its way.
+    pub fn ask_members(&self) {
+        if !self.state.members_asked.get_untracked() && self.send(ClientFrame::Members) {
+            self.state.members_asked.set(true);
+        }
+    }
+
     /// Writes a message: shown at once, sent as soon as it may go. Whether
     /// it was taken.
     pub fn post(&self, text: String) -> bool {
@@ -298,6 +305,7 @@ impl Outbox {
                     self.link
                         .update_value(|link| link.next_gap_page = Some(timer));
                 }
+                Followup::AskMembers => self.ask_members(),
                 Followup::Nothing => {}
             },
             Err(error) => leptos::logging::warn!("unreadable frame from the server: {error}"),

@@ -91,6 +91,14 @@ pub struct ChatState {
     pub last_room: RwSignal<Option<String>>,
     pub members: RwSignal<Vec<String>>,
     pub count: RwSignal<usize>,
+    /// A `members` request is on its way (one at a time: each is a Query
+    /// of the whole room, and counts against the rate limit).
+    pub members_asked: RwSignal<bool>,
+    /// The member list is as of a while ago: `count` frames came, which
+    /// the server sends instead of arrivals in a room of more than 100
+    /// connections. It is asked for again when looked at, and as soon as
+    /// the room is told of arrivals again.
+    pub members_stale: RwSignal<bool>,
     pub log: RwSignal<Vec<Entry>>,
     /// The latest error from the server, shown until the next action.
     pub error: RwSignal<Option<String>>,
@@ -111,6 +119,11 @@ pub struct ChatState {
     /// Nonces of the messages left for another page when this one was last
     /// hidden.
     handed: StoredValue<Vec<String>>,
+    /// After a message was refused for going too fast, the queue goes at
+    /// the pace the server named: (ms between messages, when the last went).
+    /// Sent at once, the one after would only be refused in its turn, and a
+    /// connection refused too often is closed.
+    pace: StoredValue<(u64, u64)>,
     seen: StoredValue<BTreeSet<String>>,
     notices: StoredValue<u64>,
     /// Presence notices held back in case they are half of a reconnect.
@@ -206,6 +219,9 @@ pub enum Followup {
     /// Ask for the gap's next page after this many milliseconds: the last
     /// ask was refused for going too fast.
     FillGapAfter(u64),
+    /// Ask for the member list: the room is told of arrivals again, and
+    /// the list it had is from when it was not.
+    AskMembers,
 }
 
 /// How long a leave (or a join of a name already here) waits for its pair
@@ -252,6 +268,8 @@ impl ChatState {
             last_room: RwSignal::new(None),
             members: RwSignal::new(Vec::new()),
             count: RwSignal::new(0),
+            members_asked: RwSignal::new(false),
+            members_stale: RwSignal::new(false),
             log: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
@@ -261,6 +279,7 @@ impl ChatState {
             late: StoredValue::new(0),
             outgoing: RwSignal::new(crate::browser::take_saved_outbox()),
             handed: StoredValue::new(Vec::new()),
+            pace: StoredValue::new((0, 0)),
             seen: StoredValue::new(BTreeSet::new()),
             notices: StoredValue::new(0),
             pending: StoredValue::new_local(Vec::new()),
@@ -335,6 +354,7 @@ impl ChatState {
                 crate::browser::remember_room(&shown);
                 self.joined.set(Some(Membership { room, shown, name }));
                 self.members.set(members);
+                self.members_stale.set(false);
                 self.count.set(count);
                 self.error.set(None);
                 // After a reconnect this fills in what was missed; what was
@@ -425,11 +445,17 @@ impl ChatState {
                     self.announce(event, name, already_here);
                 }
                 self.count.set(count);
+                // Told of arrivals again: the list from the big days is
+                // asked for once.
+                if self.members_stale.get_untracked() {
+                    return Followup::AskMembers;
+                }
             }
             // A big room's arrivals and departures, as a count.
             ServerFrame::Count { room, count } => {
                 if self.is_current_room(&room) {
                     self.count.set(count);
+                    self.members_stale.set(true);
                 }
             }
             ServerFrame::Members {
@@ -437,8 +463,12 @@ impl ChatState {
                 members,
                 count,
             } => {
+                self.members_asked.set(false);
                 if self.is_current_room(&room) {
                     self.members.set(members);
+                    // A room this big stays quiet about who comes and goes:
+                    // the list is only as of now.
+                    self.members_stale.set(count > BIG_ROOM);
                     self.count.set(count);
                 }
             }
@@ -456,9 +486,18 @@ impl ChatState {
             } => {
                 let current = self.joined.get_untracked();
                 // A heartbeat refused (rate limited) is no news: the
-                // socket is alive, which is all a ping asks.
+                // socket is alive, which is all a ping asks. A member list
+                // refused can be asked for again.
                 if action.as_deref() == Some("ping") {
                     return Followup::Nothing;
+                }
+                if action.as_deref() == Some("members") {
+                    self.members_asked.set(false);
+                    return Followup::Nothing;
+                }
+                // API Gateway's own error names no request: it may be this.
+                if action.is_none() {
+                    self.members_asked.set(false);
                 }
                 // A refused message of ours: it says which.
                 if let Some(nonce) = nonce {
@@ -580,6 +619,15 @@ impl ChatState {
             return Ok(None);
         }
         self.claim_next(&room);
+        let (pace, last_went) = self.pace.get_value();
+        if pace > 0 && now_ms < last_went + pace {
+            let waiting = self
+                .outgoing
+                .with_untracked(|o| o.iter().any(|o| o.sending != Sending::Failed));
+            if waiting {
+                return Err(last_went + pace);
+            }
+        }
         let mut next = Ok(None);
         self.outgoing.update(|outgoing| {
             let Some(first) = outgoing
@@ -598,6 +646,17 @@ impl ChatState {
                 Sending::Failed => unreachable!("skipped above"),
             }
         });
+        if pace > 0 {
+            let drained = self
+                .outgoing
+                .with_untracked(|o| o.iter().all(|o| o.sending == Sending::Failed));
+            match &next {
+                Ok(Some(_)) => self.pace.set_value((pace, now_ms)),
+                // Nothing left to pace.
+                Ok(None) if drained => self.pace.set_value((0, 0)),
+                _ => {}
+            }
+        }
         next
     }
 
@@ -681,7 +740,7 @@ impl ChatState {
         self.members.with(|members| {
             // A big room's list is as of when it was last asked for (no one
             // is announced there); its count is kept up to date.
-            if members.len() < count || count > BIG_ROOM {
+            if members.len() < count || self.members_stale.get() {
                 return count;
             }
             let distinct: BTreeSet<&str> = members.iter().map(String::as_str).collect();
@@ -777,10 +836,18 @@ impl ChatState {
         retry_after_ms: Option<u64>,
     ) -> Followup {
         let sending = match code {
-            // It goes again by itself when allowed.
-            ErrorCode::RateLimited => Sending::After(
-                crate::browser::now_ms() + retry_after_ms.unwrap_or(1_000).clamp(250, 60_000),
-            ),
+            // It goes again by itself when allowed, and the rest at that
+            // pace.
+            ErrorCode::RateLimited => {
+                let wait = retry_after_ms.unwrap_or(1_000).clamp(250, 60_000);
+                // The wait names when one more may go, not the rate: a
+                // second apart at least, slower each time the pace was not
+                // slow enough.
+                let (pace, _) = self.pace.get_value();
+                let pace = wait.max(1_000).max(pace.saturating_mul(2)).min(60_000);
+                self.pace.set_value((pace, crate::browser::now_ms()));
+                Sending::After(crate::browser::now_ms() + wait)
+            }
             // The membership was lost: it goes once the room is joined again.
             ErrorCode::NotInRoom => Sending::Queued,
             _ => {
@@ -955,6 +1022,7 @@ impl ChatState {
         }
         self.joined.set(None);
         self.members.set(Vec::new());
+        self.members_stale.set(false);
         self.count.set(0);
         self.forget_log();
         self.early.update_value(Vec::clear);
@@ -1040,6 +1108,7 @@ impl ChatState {
         self.unanswered
             .update_value(std::collections::VecDeque::clear);
         self.late.set_value(0);
+        self.members_asked.set(false);
         if self.older.get_untracked() == Older::Loading {
             self.older.set(Older::Maybe);
         }

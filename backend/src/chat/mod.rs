@@ -59,12 +59,14 @@ const NAMES_PER_PRESENCE: usize = 200;
 /// Presence frames one fan-out's gone members are announced in at most.
 const MAX_PRESENCE_FRAMES: usize = 5;
 
-/// Refused requests in a row after which a connection is closed rather than
-/// answered ([`Chat::message`]). The web app never comes near: it sends one
-/// request at a time and waits out a rate limit before trying again.
+/// Refused requests within a minute ([`crate::store::REFUSAL_WINDOW_MS`])
+/// after which a connection is closed rather than answered
+/// ([`Chat::message`]). The web app never comes near: it waits out a rate
+/// limit before trying again, and sends nothing the server refuses by
+/// design.
 pub const REFUSALS_BEFORE_CLOSE: u32 = 10;
 
-/// Rooms of more people than this hear no one come and go, only their count
+/// Rooms of more connections than this hear no one come and go, only their count
 /// (at most once a minute: [`count_every_ms`]) and, on request, their names
 /// (`members`): a notice to everyone of every arrival squares a room's cost
 /// (API Gateway reconnects every connection every 2 hours, which alone is
@@ -73,10 +75,12 @@ pub const REFUSALS_BEFORE_CLOSE: u32 = 10;
 pub const PRESENCE_NOTICES_UP_TO: usize = 100;
 /// How often a big room's count goes out at most, while people come and go:
 /// once a minute, and less often the bigger the room, so that one room's
-/// counts never cost more than about 33 posts a second (every 5 minutes at
-/// 10 000 people, every 10 at 20 000 and more).
-pub fn count_every_ms(people: usize) -> u64 {
-    (people as u64).saturating_mul(30).clamp(60_000, 600_000)
+/// counts cost at most about 33 posts a second up to 20 000 connections
+/// (every 5 minutes at 10 000), N / 600 beyond (every 10 minutes).
+pub fn count_every_ms(connections: usize) -> u64 {
+    (connections as u64)
+        .saturating_mul(30)
+        .clamp(60_000, 600_000)
 }
 
 /// API Gateway answers 410 Gone for a connection until its `$connect` has
@@ -288,11 +292,17 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                     room = membership.as_ref().map(|m| m.0.as_str()),
                     "connected"
                 );
-                let arrival = membership.map(|(room, name)| Arrival {
-                    connection_id: connection_id.to_owned(),
-                    room: room.as_str().to_owned(),
-                    name: name.as_str().to_owned(),
-                });
+                let arrival = match membership {
+                    // Told only if it is the name's first connection there.
+                    Some((room, name)) if self.arrives(room.as_str(), name.as_str()).await => {
+                        Some(Arrival {
+                            connection_id: connection_id.to_owned(),
+                            room: room.as_str().to_owned(),
+                            name: name.as_str().to_owned(),
+                        })
+                    }
+                    _ => None,
+                };
                 (response(200, "connected"), arrival)
             }
             Err(error) => {
@@ -313,13 +323,10 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         // On AWS this runs in an invocation of its own, which may come late
         // (a cold start, a throttled queue): the connection may have left,
         // or gone, by then, and a join after its leave would be a ghost.
-        let connected_at = match self.store.connection(&arrival.connection_id).await {
+        match self.store.connection(&arrival.connection_id).await {
             Ok(Some(now))
                 if now.room.as_deref() == Some(arrival.room.as_str())
-                    && now.name.as_deref() == Some(arrival.name.as_str()) =>
-            {
-                now.connected_at
-            }
+                    && now.name.as_deref() == Some(arrival.name.as_str()) => {}
             Ok(_) => {
                 tracing::info!(
                     connection_id = arrival.connection_id,
@@ -331,10 +338,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                 tracing::warn!(connection_id = arrival.connection_id, %error, "could not announce a connect");
                 return;
             }
-        };
+        }
         let arrived = Change::Arrived {
             connection_id: &arrival.connection_id,
-            since: arrival_order(connected_at),
             name: &arrival.name,
         };
         let announced = self.announce(&arrival.room, arrived).await;
@@ -365,6 +371,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         route: &str,
         frame: Result<ClientFrame, ProtocolError>,
     ) -> ApiGatewayProxyResponse {
+        let frame = frame.and_then(|frame| on_its_route(route, frame));
         let action = frame.as_ref().ok().map(ClientFrame::action);
         // A refused message names its nonce, so the client knows which.
         let nonce = match &frame {
@@ -424,13 +431,15 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     }
 
     /// Counts a refusal, and closes the connection instead of answering once
-    /// it has had [`REFUSALS_BEFORE_CLOSE`] in a row: on AWS every refused
+    /// it has had [`REFUSALS_BEFORE_CLOSE`] within a minute (admitted
+    /// requests in between change nothing: a script cannot buy more
+    /// refusals with a ping now and then): on AWS every refused
     /// frame still costs an invocation, a write and a post, and a client
     /// that keeps asking for what it cannot have (a script, a bug in a loop)
     /// would cost that for as long as it likes. Reconnecting is held back by
     /// the per-address handshake limit.
     async fn refused_too_often(&self, connection_id: &str) -> bool {
-        let refusals = match self.store.note_refusal(connection_id).await {
+        let refusals = match self.store.note_refusal(connection_id, now_ms()).await {
             Ok(refusals) => refusals,
             Err(error) => {
                 tracing::warn!(connection_id, %error, "could not count a refusal");
@@ -486,9 +495,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         let rejoin = previous.room.as_deref() == Some(room.as_str())
             && previous.name.as_deref() == Some(name.as_str());
-        if let (false, Some(old_room), Some(old_name)) = (rejoin, &previous.room, &previous.name) {
-            self.announce(old_room, Change::left(connection_id, old_name))
-                .await?;
+        // Counted at once, whatever fails later: a retried join is a rejoin,
+        // which counts nothing.
+        let first = !rejoin && self.arrival_counted(connection_id, &room, &name).await;
+        if let (false, Some(old_room), Some(old_name)) = (rejoin, &previous.room, &previous.name)
+            && let Err(error) = self.depart(connection_id, old_room, old_name).await
+        {
+            tracing::warn!(connection_id, %error, "could not tell the room left");
         }
 
         // Membership is written before history is read, and a sender saves a
@@ -508,10 +521,9 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         let member_names = people(std::iter::once(name.as_str()).chain(others.map(|m| &*m.name)));
         let frame = joined::joined_frame(room.as_str(), name.as_str(), member_names, history, more);
         self.push_one(connection_id, frame).await;
-        if !rejoin {
+        if first {
             let arrived = Change::Arrived {
                 connection_id,
-                since: arrival_order(previous.connected_at),
                 name: name.as_str(),
             };
             let gone = self.tell_room(room.as_str(), &members, arrived).await;
@@ -643,8 +655,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         };
         self.reply(connection_id, &ServerFrame::Left { room: room.clone() })
             .await;
-        self.announce(&room, Change::left(connection_id, &name))
-            .await?;
+        self.depart(connection_id, &room, &name).await?;
         tracing::info!(connection_id, room, "left");
         Ok(())
     }
@@ -655,8 +666,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             return Ok(());
         };
         if let Some((room, name)) = previous.room.zip(previous.name) {
-            self.announce(&room, Change::left(connection_id, &name))
-                .await?;
+            self.depart(connection_id, &room, &name).await?;
         }
         Ok(())
     }
@@ -669,75 +679,118 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         Ok(())
     }
 
+    /// Counts a connection of `name` into `room`: whether it is the name's
+    /// first there, and the room is to be told. A store failure tells it:
+    /// a name told twice is harmless (the web app keeps names as a set), one
+    /// never told is wrong.
+    async fn arrives(&self, room: &str, name: &str) -> bool {
+        match self.store.count_presence(room, name, 1, now_ms()).await {
+            Ok(count) => count <= 1,
+            Err(error) => {
+                tracing::warn!(room, %error, "could not count an arrival");
+                true
+            }
+        }
+    }
+
+    /// Counts a connection that just joined `room` as `name` into its
+    /// presence: whether it is the name's first there. On AWS its
+    /// `$disconnect` (or a `leave`) may run at the same moment and be counted
+    /// first; the record, read again, tells: a connection no longer there
+    /// is counted out again, and nobody told.
+    async fn arrival_counted(&self, connection_id: &str, room: &Room, name: &Name) -> bool {
+        let first = self.arrives(room.as_str(), name.as_str()).await;
+        match self.store.connection(connection_id).await {
+            Ok(Some(record))
+                if record.room.as_deref() == Some(room.as_str())
+                    && record.name.as_deref() == Some(name.as_str()) =>
+            {
+                first
+            }
+            Ok(_) => {
+                self.departs(room.as_str(), name.as_str()).await;
+                false
+            }
+            Err(error) => {
+                tracing::warn!(connection_id, %error, "could not read a joiner's record");
+                first
+            }
+        }
+    }
+
+    /// Counts a connection of `name` out of `room`: whether it was the
+    /// name's last there (told, too, when the store fails).
+    async fn departs(&self, room: &str, name: &str) -> bool {
+        match self.store.count_presence(room, name, -1, now_ms()).await {
+            Ok(count) => count <= 0,
+            Err(error) => {
+                tracing::warn!(room, %error, "could not count a departure");
+                true
+            }
+        }
+    }
+
+    /// A connection of `name` left `room`: the room is told if it was the
+    /// name's last connection there.
+    async fn depart(&self, connection_id: &str, room: &str, name: &str) -> Result<(), StoreError> {
+        if self.departs(room, name).await {
+            self.announce(room, Change::left(connection_id, name))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Tells `members` (but the connections that came or went) of `change`;
     /// returns the recipients found gone.
     ///
-    /// Presence is about people, not connections: a name still in the room
-    /// on another connection did not leave, and one that came while an
-    /// earlier connection of the same name is there was already announced
-    /// by it (one person's second tab, or a reconnect whose old connection
-    /// has not closed yet: no post at all). Of two connections of one name
-    /// arriving together, the earlier tells, so one always does; the web
-    /// app keeps names as a set, so a name told twice is harmless. The
-    /// connections found are read again first (an index may lag).
+    /// Presence is about people, not connections: the callers tell only a
+    /// name's first arrival and last departure ([`Store::count_presence`]),
+    /// so one person's second tab, or a reconnect whose new connection
+    /// comes before the old one goes, costs no post at all.
     ///
-    /// In a room of more than [`PRESENCE_NOTICES_UP_TO`] people, where a
-    /// notice to everyone for every arrival would square the room's cost
-    /// (API Gateway reconnects everyone every 2 hours), only the count goes
-    /// out, at most once a minute ([`count_every_ms`]).
+    /// In a room of more than [`PRESENCE_NOTICES_UP_TO`] connections
+    /// (before and after the change), where a notice to everyone for every
+    /// arrival would square the room's cost (API Gateway reconnects
+    /// everyone every 2 hours), only the count goes out, at most once a
+    /// minute and less often the bigger the room ([`count_every_ms`]).
     async fn tell_room(&self, room: &str, members: &[Member], change: Change<'_>) -> Vec<String> {
-        let movers: &[&str] = match &change {
-            Change::Arrived { connection_id, .. } => std::slice::from_ref(connection_id),
-            Change::Left { connection_ids, .. } => connection_ids,
+        let (event, movers, names): (_, &[&str], Vec<String>) = match &change {
+            Change::Arrived {
+                connection_id,
+                name,
+            } => (
+                PresenceEvent::Join,
+                std::slice::from_ref(connection_id),
+                vec![(*name).to_owned()],
+            ),
+            Change::Left {
+                connection_ids,
+                names,
+            } => (PresenceEvent::Leave, connection_ids, names.clone()),
         };
         let staying = || {
             members
                 .iter()
                 .filter(|member| !movers.contains(&&*member.connection_id))
         };
-        let (event, mut names) = match &change {
-            Change::Arrived {
-                connection_id,
-                since,
-                name,
-            } => {
-                let earlier = staying().filter(|member| {
-                    &*member.name == *name
-                        && (member.since, &*member.connection_id) < (*since, *connection_id)
-                });
-                let already_told = self.still_here(room, name, earlier).await;
-                let names = if already_told {
-                    Vec::new()
-                } else {
-                    vec![(*name).to_owned()]
-                };
-                (PresenceEvent::Join, names)
-            }
-            Change::Left { names, .. } => {
-                let mut left = Vec::new();
-                for name in names {
-                    let twins = staying().filter(|member| *member.name == **name);
-                    if !self.still_here(room, name, twins).await {
-                        left.push(name.clone());
-                    }
-                }
-                (PresenceEvent::Leave, left)
-            }
-        };
-        names.sort_unstable();
-        names.dedup();
-        if names.is_empty() {
-            return Vec::new();
-        }
         let recipients: Vec<&str> = staying().map(|member| &*member.connection_id).collect();
-        let mut count = people(staying().map(|member| &*member.name)).len();
+        let mut people: std::collections::HashSet<&str> =
+            staying().map(|member| &*member.name).collect();
         if event == PresenceEvent::Join {
-            count += names.len();
+            people.extend(names.iter().map(String::as_str));
+        } else {
+            // An index that lags may still list them.
+            for name in &names {
+                people.remove(name.as_str());
+            }
         }
-        if count > PRESENCE_NOTICES_UP_TO {
+        let count = people.len();
+        // Staying connections are the room's size before an arrival and
+        // after a departure: the smaller side of the change.
+        if recipients.len() > PRESENCE_NOTICES_UP_TO {
             match self
                 .store
-                .claim_count_turn(room, now_ms(), count_every_ms(count))
+                .claim_count_turn(room, now_ms(), count_every_ms(recipients.len()))
                 .await
             {
                 Ok(true) => {
@@ -787,32 +840,6 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         gone
     }
 
-    /// Whether any of `candidates` is still in `room` as `name`, read from
-    /// its record (strongly consistent: the member index may still list a
-    /// connection that has left). Usually there are none to read: only one
-    /// person's second tab, or a reconnect, makes one.
-    async fn still_here<'m>(
-        &self,
-        room: &str,
-        name: &str,
-        candidates: impl Iterator<Item = &'m Member>,
-    ) -> bool {
-        for candidate in candidates {
-            match self.store.connection(&candidate.connection_id).await {
-                Ok(Some(record))
-                    if record.room.as_deref() == Some(room)
-                        && record.name.as_deref() == Some(name) =>
-                {
-                    return true;
-                }
-                Ok(_) => {}
-                // Told rather than kept quiet: a name told twice is harmless.
-                Err(error) => tracing::warn!(room, %error, "could not read a member's record"),
-            }
-        }
-        false
-    }
-
     /// Sends one frame, serialized once, to every recipient at once, then
     /// forgets the recipients that turned out to be gone, telling their rooms.
     async fn deliver(&self, recipients: &[&str], frame: Frame) {
@@ -838,6 +865,18 @@ impl<S: Store, P: Pusher> Chat<S, P> {
             gone.dedup();
             let left = self.forget_all_gone(std::mem::take(&mut gone)).await;
             for (room, leavers) in left {
+                // Counted out whatever happens next (their records are gone:
+                // nothing else will); only the names whose last connection
+                // this was are told.
+                let mut names = Vec::new();
+                for (_, name) in &leavers {
+                    if self.departs(&room, name).await {
+                        names.push(name.clone());
+                    }
+                }
+                if names.is_empty() {
+                    continue;
+                }
                 let members = match self.store.room_members(&room).await {
                     Ok(members) => members,
                     Err(error) => {
@@ -845,10 +884,8 @@ impl<S: Store, P: Pusher> Chat<S, P> {
                         continue;
                     }
                 };
-                let (ids, names): (Vec<String>, Vec<String>) = leavers.into_iter().unzip();
-                let connection_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let left = Change::Left {
-                    connection_ids,
+                    connection_ids: leavers.iter().map(|(id, _)| id.as_str()).collect(),
                     names,
                 };
                 gone.extend(self.tell_room(&room, &members, left).await);
@@ -902,14 +939,13 @@ impl<S: Store, P: Pusher> Chat<S, P> {
 
 /// Who came or went, for [`Chat::tell_room`].
 enum Change<'a> {
-    /// A connection joined a room as `name`; `since` orders connections by
-    /// arrival ([`arrival_order`]).
+    /// A connection joined a room as `name`, the name's first there.
     Arrived {
         connection_id: &'a str,
-        since: u64,
         name: &'a str,
     },
-    /// Connections left a room; `names` are theirs.
+    /// Connections left a room; `names` are those of theirs that are no
+    /// longer there.
     Left {
         connection_ids: Vec<&'a str>,
         names: Vec<String>,
@@ -925,12 +961,6 @@ impl<'a> Change<'a> {
     }
 }
 
-/// A connection's place in the order of arrival, as [`Member::since`]
-/// holds it: whole seconds, which both stores can give.
-fn arrival_order(connected_at_ms: u64) -> u64 {
-    connected_at_ms / 1000
-}
-
 /// Names, each once, in the order first met: a person with two tabs is
 /// one person.
 fn people<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -939,6 +969,26 @@ fn people<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
         .filter(|name| seen.insert(*name))
         .map(str::to_owned)
         .collect()
+}
+
+/// The actions with a route of their own (API Gateway's, in
+/// `template.yaml`, and chat-local's).
+pub const ROUTED_ACTIONS: [&str; 4] = ["join", "sendmessage", "leave", "history"];
+
+/// `frame`, if it came by its own route: on AWS each route's function may
+/// do only what its route does, so a frame reaching another (one crafted so
+/// that API Gateway's route selection and this parser read its `action`
+/// differently) is refused rather than half done.
+pub fn on_its_route(route: &str, frame: ClientFrame) -> Result<ClientFrame, ProtocolError> {
+    let action = frame.action();
+    let routed = ROUTED_ACTIONS.contains(&action);
+    if (route == "$default" && !routed) || route == action {
+        Ok(frame)
+    } else {
+        Err(ProtocolError::bad_request(format!(
+            "a {action} frame came by the {route} route; send plain JSON with one \"action\""
+        )))
+    }
 }
 
 fn parse_membership(room: &str, name: Option<&str>) -> Result<(Room, Name), ProtocolError> {

@@ -2,8 +2,9 @@
 //!
 //! - connections: hash key `connectionId`; `room`, `name`, `connectedAt`
 //!   (ms), `expiresAt` (TTL, s), `rateFullAt` (the rate limit's state, µs),
-//!   `refusals` (refused requests since the last admitted one), `client`
-//!   (the address the per-client limits count). The GSI
+//!   `refusals` and `refusedSince` (refused requests within a minute of the
+//!   first, and when that was, ms), `client` (the address the per-client
+//!   limits count). The GSI
 //!   `room-index` (hash key `room`) projects `name` and `expiresAt`, which is
 //!   all fan-out and the member list need; it is sparse, so connections
 //!   outside any room cost it nothing.
@@ -16,7 +17,9 @@
 //!   letters and digits): `handshakeFullAt` and `inheritFullAt` (µs), and
 //!   an `expiresAt` that lets DynamoDB forget it. Likewise one item per big
 //!   room, keyed `count#{room}`: `countedAt` (ms), when its count last went
-//!   out. Neither has a `room`, so the room index never sees them.
+//!   out; and one per name present in a room, keyed `presence#{room}#{name}`:
+//!   `n`, how many of its connections are there. None has a `room`, so the
+//!   room index never sees them.
 //! - messages: hash key `room` (its lower-case id), sort key `id`
 //!   (time-ordered and unique); `name`, `data`, `ts` (ms), `nonce` (the
 //!   sender's own id for it, when given), `expiresAt` (TTL, s).
@@ -37,8 +40,8 @@ use aws_sdk_dynamodb::types::{
 use shared::{ChatMessage, Name, Room};
 
 use super::{
-    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection, RateLimit,
-    Store, StoreError,
+    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection,
+    REFUSAL_WINDOW_MS, RateLimit, Store, StoreError,
 };
 
 pub const ROOM_INDEX: &str = "room-index";
@@ -54,8 +57,9 @@ const TTL_ATTRIBUTE: &str = "expiresAt";
 const NOT_EXPIRED: &str = "attribute_not_exists(#expires) OR #expires > :now";
 /// The rate limit's state: when the connection's bucket is full again (µs).
 const RATE_ATTRIBUTE: &str = "rateFullAt";
-/// Refused requests since the connection's last admitted action.
+/// Refused requests since `refusedSince` (ms).
 const REFUSALS_ATTRIBUTE: &str = "refusals";
+const REFUSED_SINCE_ATTRIBUTE: &str = "refusedSince";
 /// A client address's handshake limit's state (µs).
 const HANDSHAKE_ATTRIBUTE: &str = "handshakeFullAt";
 /// Where a client address's next connection's rate limit starts (µs).
@@ -75,6 +79,13 @@ fn count_item_key(room: &str) -> String {
     format!("count#{room}")
 }
 const COUNTED_AT_ATTRIBUTE: &str = "countedAt";
+
+/// The key of a name's presence item in a room: how many of its connections
+/// are there ([`Store::count_presence`]). Room names have no `#`.
+fn presence_item_key(room: &str, name: &str) -> String {
+    format!("presence#{room}#{name}")
+}
+const PRESENCE_ATTRIBUTE: &str = "n";
 /// DynamoDB's limit of items per BatchWriteItem.
 pub const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of retrying unprocessed items before a batch counts as failed.
@@ -341,8 +352,17 @@ impl DynamoStore {
             .map(|item| required_s(item, "connectionId", table).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         for connection_id in &stale {
-            // One by one, as a disconnect removes its record.
-            self.remove_connection(connection_id).await?;
+            // One by one, as a disconnect removes its record, and counted out
+            // of its room's presence as a disconnect is: a count left
+            // behind would keep that name's next arrival from being told.
+            let removed = self.remove_connection(connection_id).await?;
+            if let Some((room, name)) = removed.and_then(|c| c.room.zip(c.name))
+                && let Err(error) = self
+                    .count_presence(&room, &name, -1, crate::clock::now_ms())
+                    .await
+            {
+                tracing::warn!(room, %error, "could not count a stale record out of its room");
+            }
         }
         Ok(stale.len())
     }
@@ -498,9 +518,6 @@ impl DynamoStore {
         if update.contains("#name") {
             request = request.expression_attribute_names("#name", "name");
         }
-        if update.contains("#refusals") {
-            request = request.expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE);
-        }
         let result = request.send().await.map(|output| output.attributes);
         self.previous_connection(result, "UpdateItem")
     }
@@ -553,9 +570,6 @@ impl DynamoStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if update.contains("#expires") {
             request = request.expression_attribute_names("#expires", TTL_ATTRIBUTE);
-        }
-        if update.contains("#refusals") {
-            request = request.expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE);
         }
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
@@ -693,11 +707,9 @@ impl DynamoStore {
         now_us: u64,
         expires: Option<AttributeValue>,
     ) -> Result<Gcra, StoreError> {
-        // A connection's admitted action also starts its count of refusals
-        // again, in the same write.
         let (exists, set_expiry) = match expires {
             Some(_) => ("", ", #expires = :expires"),
-            None => ("attribute_exists(connectionId) AND ", " REMOVE #refusals"),
+            None => ("attribute_exists(connectionId) AND ", ""),
         };
         let with_expiry = |mut values: Vec<(&'static str, AttributeValue)>| {
             if let Some(expires) = &expires {
@@ -896,26 +908,10 @@ impl Store for DynamoStore {
         now_us: u64,
     ) -> Result<Admission, StoreError> {
         let Some(limit) = &limits.connection else {
-            let item = self
-                .client
-                .get_item()
-                .table_name(&self.config.connections_table)
-                .key("connectionId", s(connection_id))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(backend("GetItem"))?
-                .item;
-            let Some(item) = item else {
-                return Ok(Admission::Unknown);
-            };
-            // Admitted: a count of refusals starts again (a write only
-            // after a refusal; with the limit on it comes free with it).
-            if optional_n(&item, REFUSALS_ATTRIBUTE).is_some_and(|n| n > 0) {
-                self.update_connection(connection_id, "REMOVE #refusals", Vec::new())
-                    .await?;
-            }
-            return self.connection_from_item(&item).map(Admission::Admitted);
+            return Ok(self
+                .connection(connection_id)
+                .await?
+                .map_or(Admission::Unknown, Admission::Admitted));
         };
         match self
             .admit_gcra(connection_id, RATE_ATTRIBUTE, limit, now_us, None)
@@ -940,34 +936,110 @@ impl Store for DynamoStore {
         }
     }
 
-    /// One UpdateItem (`ADD`, returning the count).
-    async fn note_refusal(&self, connection_id: &str) -> Result<u32, StoreError> {
-        let counted = self
-            .client
-            .update_item()
-            .table_name(&self.config.connections_table)
-            .key("connectionId", s(connection_id))
-            .update_expression("ADD #refusals :one")
-            .condition_expression("attribute_exists(connectionId)")
-            .expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE)
-            .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::UpdatedNew)
+    /// One UpdateItem (`ADD`, returning the count); two for the first
+    /// refusal of a window.
+    async fn note_refusal(&self, connection_id: &str, now_ms: u64) -> Result<u32, StoreError> {
+        let update = |expression: &str, condition: &str| {
+            self.client
+                .update_item()
+                .table_name(&self.config.connections_table)
+                .key("connectionId", s(connection_id))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .expression_attribute_names("#refusals", REFUSALS_ATTRIBUTE)
+                .expression_attribute_names("#since", REFUSED_SINCE_ATTRIBUTE)
+                .return_values(ReturnValue::UpdatedNew)
+        };
+        let within = update(
+            "ADD #refusals :one",
+            "attribute_exists(connectionId) AND #since > :start",
+        )
+        .expression_attribute_values(":one", n(1))
+        .expression_attribute_values(":start", n(now_ms.saturating_sub(REFUSAL_WINDOW_MS)))
+        .send()
+        .await;
+        let counted = match within {
+            Ok(output) => output.attributes,
+            Err(error) if is_condition_failure(&error) => {
+                // The first of a window (or no such connection).
+                let first = update(
+                    "SET #refusals = :one, #since = :now",
+                    "attribute_exists(connectionId)",
+                )
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(now_ms))
+                .send()
+                .await;
+                match first {
+                    Ok(output) => output.attributes,
+                    Err(error) if is_condition_failure(&error) => return Ok(0),
+                    Err(error) => return Err(backend("UpdateItem")(error)),
+                }
+            }
+            Err(error) => return Err(backend("UpdateItem")(error)),
+        };
+        Ok(counted
+            .as_ref()
+            .and_then(|item| optional_n(item, REFUSALS_ATTRIBUTE))
+            .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX)))
+    }
+
+    /// One UpdateItem (`ADD`) on the name's presence item; one more, rarely,
+    /// to mend a count that went wrong (a connection forgotten without its
+    /// departure counted).
+    async fn count_presence(
+        &self,
+        room: &str,
+        name: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let key = presence_item_key(room, name);
+        let update = |expression: &str| {
+            self.client
+                .update_item()
+                .table_name(&self.config.connections_table)
+                .key("connectionId", s(&key))
+                .update_expression(expression)
+                .expression_attribute_names("#n", PRESENCE_ATTRIBUTE)
+                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
+                .expression_attribute_values(
+                    ":expires",
+                    self.expiry(now_ms, self.config.connection_ttl),
+                )
+                .return_values(ReturnValue::UpdatedNew)
+        };
+        // An expired count (its connections gone without a word, hours ago)
+        // is no count: DynamoDB deletes it only within days.
+        let added = update("ADD #n :delta SET #expires = :expires")
+            .condition_expression("attribute_not_exists(#expires) OR #expires > :now")
+            .expression_attribute_values(":delta", AttributeValue::N(delta.to_string()))
+            .expression_attribute_values(":now", n(now_ms / 1000))
             .send()
             .await;
-        match counted {
-            Ok(output) => Ok(output
+        let least = delta.max(0);
+        let count = match added {
+            Ok(output) => output
                 .attributes
                 .as_ref()
-                .and_then(|item| optional_n(item, REFUSALS_ATTRIBUTE))
-                .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX))),
-            Err(error)
-                if error.as_service_error().and_then(|e| e.code())
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(0)
-            }
-            Err(error) => Err(backend("UpdateItem")(error)),
+                .and_then(|item| item.get(PRESENCE_ATTRIBUTE))
+                .and_then(|value| value.as_n().ok())
+                .and_then(|count| count.parse::<i64>().ok())
+                .unwrap_or(0),
+            Err(error) if is_condition_failure(&error) => i64::MIN,
+            Err(error) => return Err(backend("UpdateItem")(error)),
+        };
+        // Below what this change can leave (expired, or a departure counted
+        // twice): set to that, so the next arrival is told again.
+        if count < least {
+            update("SET #n = :least, #expires = :expires")
+                .expression_attribute_values(":least", AttributeValue::N(least.to_string()))
+                .send()
+                .await
+                .map_err(backend("UpdateItem"))?;
+            return Ok(least);
         }
+        Ok(count)
     }
 
     async fn join_room(
@@ -978,7 +1050,7 @@ impl Store for DynamoStore {
     ) -> Result<Option<Connection>, StoreError> {
         self.update_connection(
             connection_id,
-            "SET #room = :room, #name = :name REMOVE #refusals",
+            "SET #room = :room, #name = :name",
             vec![(":room", s(room.as_str())), (":name", s(name.as_str()))],
         )
         .await
@@ -1062,7 +1134,6 @@ impl Store for DynamoStore {
 
     async fn room_members(&self, room: &str) -> Result<Members, StoreError> {
         let table = &self.config.connections_table;
-        let ttl_s = self.config.connection_ttl.as_secs();
         let items = self
             .client
             .query()
@@ -1087,10 +1158,6 @@ impl Store for DynamoStore {
                 Ok(Member {
                     connection_id: required_s(item, "connectionId", table)?.into(),
                     name: required_s(item, "name", table)?.into(),
-                    // The index projects the expiry, a fixed time after the
-                    // connect (in whole seconds).
-                    since: optional_n(item, TTL_ATTRIBUTE)
-                        .map_or(0, |expires| expires.saturating_sub(ttl_s)),
                 })
             })
             .collect()
@@ -1299,4 +1366,9 @@ fn build_error(error: aws_sdk_dynamodb::error::BuildError) -> StoreError {
         operation: "build request",
         message: error.to_string(),
     }
+}
+
+/// Whether a request failed only because its condition did not hold.
+fn is_condition_failure<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
+    error.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
 }

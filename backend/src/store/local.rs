@@ -17,8 +17,8 @@ use super::dynamodb::DynamoStore;
 use super::group_commit::{GroupCommit, GroupWriter};
 use super::history_cache::{CACHED, HistoryCache, Lookup};
 use super::{
-    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection, RateLimit,
-    Store, StoreError,
+    Admission, ClientAdmission, Connection, Limits, Member, Members, NewConnection,
+    REFUSAL_WINDOW_MS, RateLimit, Store, StoreError,
 };
 use crate::clock::now_ms;
 
@@ -41,6 +41,8 @@ struct Membership {
     clients_after_prune: usize,
     /// When each big room's count last went out (ms); dropped with the room.
     counted_at: HashMap<Arc<str>, u64>,
+    /// Connections per (room, name), for presence: only names present.
+    presence: HashMap<(Arc<str>, Arc<str>), i64>,
 }
 
 struct Record {
@@ -50,8 +52,9 @@ struct Record {
     /// The rate limit's state ([`RateLimit::admit`]).
     full_again_us: u64,
     client: Option<Arc<str>>,
-    /// Refused requests since its last admitted action.
+    /// Refused requests since `refused_since_ms`.
     refusals: u32,
+    refused_since_ms: u64,
 }
 
 /// One client address's rate limits ([`RateLimit::admit`] states).
@@ -251,7 +254,6 @@ impl Store for LocalStore {
                     Member {
                         connection_id: Arc::clone(&id),
                         name: Arc::clone(&name),
-                        since: connected_at / 1000,
                     },
                 );
                 (Some(room), Some(name))
@@ -275,6 +277,7 @@ impl Store for LocalStore {
                 full_again_us,
                 client,
                 refusals: 0,
+                refused_since_ms: 0,
             },
         );
         Ok(())
@@ -334,19 +337,39 @@ impl Store for LocalStore {
             }
         }
         record.full_again_us = connection_next;
-        record.refusals = 0;
         Ok(Admission::Admitted(record.connection(connection_id)))
     }
 
-    async fn note_refusal(&self, connection_id: &str) -> Result<u32, StoreError> {
+    async fn note_refusal(&self, connection_id: &str, now_ms: u64) -> Result<u32, StoreError> {
         let mut state = self.membership();
-        Ok(state
-            .connections
-            .get_mut(connection_id)
-            .map_or(0, |record| {
-                record.refusals = record.refusals.saturating_add(1);
-                record.refusals
-            }))
+        let Some(record) = state.connections.get_mut(connection_id) else {
+            return Ok(0);
+        };
+        if now_ms < record.refused_since_ms.saturating_add(REFUSAL_WINDOW_MS) {
+            record.refusals = record.refusals.saturating_add(1);
+        } else {
+            (record.refusals, record.refused_since_ms) = (1, now_ms);
+        }
+        Ok(record.refusals)
+    }
+
+    async fn count_presence(
+        &self,
+        room: &str,
+        name: &str,
+        delta: i64,
+        _now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let mut state = self.membership();
+        let key = (Arc::<str>::from(room), Arc::<str>::from(name));
+        let count = state.presence.entry(key.clone()).or_insert(0);
+        *count = (*count + delta).max(0);
+        let now = *count;
+        // Only names present take memory.
+        if now == 0 {
+            state.presence.remove(&key);
+        }
+        Ok(now)
     }
 
     async fn join_room(
@@ -357,22 +380,16 @@ impl Store for LocalStore {
     ) -> Result<Option<Connection>, StoreError> {
         Ok(self.take_out(connection_id, |state| {
             let (room, name): (Arc<str>, Arc<str>) = (room.as_str().into(), name.as_str().into());
-            let since = state
-                .connections
-                .get(connection_id)
-                .map_or(0, |record| record.connected_at / 1000);
             state.enter(
                 &room,
                 Member {
                     connection_id: connection_id.into(),
                     name: Arc::clone(&name),
-                    since,
                 },
             );
             if let Some(record) = state.connections.get_mut(connection_id) {
                 record.room = Some(room);
                 record.name = Some(name);
-                record.refusals = 0;
             }
         }))
     }

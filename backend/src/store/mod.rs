@@ -40,10 +40,11 @@ pub struct Connection {
 pub struct Member {
     pub connection_id: Arc<str>,
     pub name: Arc<str>,
-    /// When it connected, in whole seconds since the epoch: which of two
-    /// connections of one name came first.
-    pub since: u64,
 }
+
+/// The time within which refusals are counted together
+/// ([`Store::note_refusal`]).
+pub const REFUSAL_WINDOW_MS: u64 = 60_000;
 
 /// A room's members at one moment, shared rather than copied: a fan-out holds
 /// it without allocating anything per recipient.
@@ -342,14 +343,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
     /// Counts a refused request of the connection's (a frame it could not
-    /// have, or one over its rate limit) and returns how many in a row it
-    /// has had: an admitted message, history or members request
-    /// ([`Store::admit_message`]) or a join starts the count again. 0 when
-    /// the connection is not recorded.
+    /// have, or one over its rate limit) and returns how many it has had
+    /// within [`REFUSAL_WINDOW_MS`] of the first of them (a count starts
+    /// again with the first refusal after that). 0 when the connection is
+    /// not recorded.
     fn note_refusal(
         &self,
         connection_id: &str,
+        now_ms: u64,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Counts a connection of `name` into (`delta` 1) or out of (-1)
+    /// `room`, and returns how many of that name are there now: a room is
+    /// told when a name's first connection arrives and when its last goes
+    /// (one person's two tabs, or a reconnect whose old connection has not
+    /// closed yet, are one person). One counter per name and room, updated
+    /// atomically, so two connections arriving or leaving together never
+    /// both stay silent, whatever an index shows.
+    fn count_presence(
+        &self,
+        room: &str,
+        name: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Puts the connection in `room` as `name`; `None` when the connection is
     /// not (or no longer) recorded.

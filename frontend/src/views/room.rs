@@ -5,7 +5,7 @@ use shared::{ClientFrame, PresenceEvent, check_message_data, limits::DATA_MAX_BY
 
 use super::{Chat, ConnectionStatus, ReconnectBanner, WaitingElsewhere};
 use crate::browser;
-use crate::state::{BIG_ROOM, Entry, Older, Request, Sending, Status, presence_text};
+use crate::state::{Entry, Older, Request, Sending, Status, presence_text};
 
 #[component]
 pub fn RoomView() -> impl IntoView {
@@ -721,10 +721,10 @@ fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoV
     let count = move || state.people();
     // A big room hears no one come and go: its list is asked for when
     // looked at, and on Refresh.
-    let big = move || state.count.get() > BIG_ROOM;
+    let big = move || state.members_stale.get();
     let refresh = move || {
-        if big() {
-            chat.outbox.send(ClientFrame::Members);
+        if state.members_stale.get_untracked() {
+            chat.outbox.ask_members();
         }
     };
     // As a sheet (on a phone), it takes the focus when opened and gives it
@@ -750,7 +750,7 @@ fn MemberList(open: RwSignal<bool>, toggle: NodeRef<html::Button>) -> impl IntoV
             <div class="members-head">
                 <h2 id="members-heading">"Members " <span class="count">{count}</span></h2>
                 <button type="button" class="secondary refresh" hidden=move || !big()
-                    on:click=move |_| refresh()
+                    disabled=move || state.members_asked.get() on:click=move |_| refresh()
                     title="A room this big lists its members when asked">"Refresh"</button>
                 <button type="button" class="secondary close" node_ref=close_button
                     on:click=move |_| open.set(false)>"Close"</button>
