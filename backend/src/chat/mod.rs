@@ -25,7 +25,8 @@ use crate::clock::now_ms;
 use crate::clock::now_us;
 use crate::pusher::{Frame, Pusher};
 use crate::store::{
-    Admission, ClientAdmission, Limits, Member, NewConnection, Store, StoreError, client_key,
+    Admission, ClientAdmission, Connection, Limits, Member, NewConnection, Store, StoreError,
+    client_key,
 };
 
 /// The name of a connection that joins through the query string without one.
@@ -533,22 +534,27 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         Ok(())
     }
 
+    /// The sender of a request that reads or posts to its room, counted
+    /// against the rate limit in the same step; refused when over it or not
+    /// recorded.
+    async fn admitted(&self, connection_id: &str, now_us: u64) -> Result<Connection, ChatError> {
+        match self
+            .store
+            .admit_message(connection_id, &self.config.limits, now_us)
+            .await?
+        {
+            Admission::Admitted(connection) => Ok(connection),
+            Admission::Limited { retry_after_ms } => Err(ChatError::RateLimited { retry_after_ms }),
+            Admission::Unknown => Err(not_in_room()),
+        }
+    }
+
     /// `members`: the names of the people in the asker's room, as many as
     /// fit a frame. A big room hears no one come and go; this is how its
     /// member list is brought up to date. It counts against the rate limit
     /// like a message: each is a Query of the whole room.
     async fn members(&self, connection_id: &str) -> Result<(), ChatError> {
-        let connection = match self
-            .store
-            .admit_message(connection_id, &self.config.limits, now_us())
-            .await?
-        {
-            Admission::Admitted(connection) => connection,
-            Admission::Limited { retry_after_ms } => {
-                return Err(ChatError::RateLimited { retry_after_ms });
-            }
-            Admission::Unknown => return Err(not_in_room()),
-        };
+        let connection = self.admitted(connection_id, now_us()).await?;
         let Some((room, name)) = connection.room.zip(connection.name) else {
             return Err(not_in_room());
         };
@@ -566,17 +572,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
     /// `history`: a page of the room's older messages, to the asker only.
     /// It counts against the rate limit like a message: each is a Query.
     async fn history(&self, connection_id: &str, before: Option<String>) -> Result<(), ChatError> {
-        let connection = match self
-            .store
-            .admit_message(connection_id, &self.config.limits, now_us())
-            .await?
-        {
-            Admission::Admitted(connection) => connection,
-            Admission::Limited { retry_after_ms } => {
-                return Err(ChatError::RateLimited { retry_after_ms });
-            }
-            Admission::Unknown => return Err(not_in_room()),
-        };
+        let connection = self.admitted(connection_id, now_us()).await?;
         let Some(room) = connection.room else {
             return Err(not_in_room());
         };
@@ -605,17 +601,7 @@ impl<S: Store, P: Pusher> Chat<S, P> {
         nonce: Option<String>,
     ) -> Result<(), ChatError> {
         let now_us = now_us();
-        let connection = match self
-            .store
-            .admit_message(connection_id, &self.config.limits, now_us)
-            .await?
-        {
-            Admission::Admitted(connection) => connection,
-            Admission::Limited { retry_after_ms } => {
-                return Err(ChatError::RateLimited { retry_after_ms });
-            }
-            Admission::Unknown => return Err(not_in_room()),
-        };
+        let connection = self.admitted(connection_id, now_us).await?;
         let Some((room, name)) = connection.room.zip(connection.name) else {
             return Err(not_in_room());
         };
