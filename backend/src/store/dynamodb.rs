@@ -537,12 +537,7 @@ impl DynamoStore {
             Ok(item) => item
                 .map(|item| self.connection_from_item(&item))
                 .transpose(),
-            Err(error)
-                if error.as_service_error().and_then(|e| e.code())
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(None)
-            }
+            Err(error) if is_condition_failure(&error) => Ok(None),
             Err(error) => Err(backend(operation)(error)),
         }
     }
@@ -784,9 +779,7 @@ impl DynamoStore {
             .await;
         match written {
             Ok(_) => {}
-            Err(error)
-                if error.as_service_error().and_then(|e| e.code())
-                    == Some("ConditionalCheckFailedException") => {}
+            Err(error) if is_condition_failure(&error) => {}
             Err(error) => {
                 tracing::warn!(client, error = %backend("UpdateItem")(error), "could not hand on a rate limit");
             }
@@ -1122,12 +1115,7 @@ impl Store for DynamoStore {
             .await;
         match claimed {
             Ok(_) => Ok(true),
-            Err(error)
-                if error.as_service_error().and_then(|e| e.code())
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(false)
-            }
+            Err(error) if is_condition_failure(&error) => Ok(false),
             Err(error) => Err(backend("UpdateItem")(error)),
         }
     }
